@@ -1,0 +1,442 @@
+"""
+cdlm: Consistency Diffusion Language Models (Kim et al., arXiv 2511.19269), small enough to read in one sitting.
+
+How this model differs from a plain GPT (nanoGPT's model.py):
+  1. No causal shift: the logits at position i predict token i itself, which is either shown or hidden by <|mask|>.
+  2. The attention mask is an argument, not a constant: `bidirectional` for the masked-diffusion teacher,
+     `block_causal` for the CDLM student (see attention_mask).
+  3. The output layer has no row for <|mask|>: the model can never predict it (MDLM's SUBS parameterization).
+  4. The KV cache holds only the prompt and finished blocks, the rows that never look forward, so it is exact.
+  5. Decoding fills a fixed-length canvas of masks block by block, finalizing the most confident positions.
+Everything else (pre-norm blocks, GELU MLP, learned positions) is a plain GPT.
+"""
+import contextlib
+import os
+import sys
+
+import tiktoken
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from data import tasks
+
+# -----------------------------------------------------------------------------
+# config: nanoGPT-style globals, overridden by --key=value, without exec
+
+
+def fail(msg):
+    """Stop a script with a one-line message and exit status 1, no traceback."""
+    raise SystemExit(f'error: {msg}')
+
+
+def configure(config, argv=None, doc=''):
+    """Apply `--key=value` overrides to a dict of defaults and return it. `--help` prints the defaults.
+
+    Values are coerced to the type of the default (int -> float is fine, `None` is allowed for any key);
+    an unknown key or a value of the wrong type stops with a one-line error.
+    >>> configure({'lr': 1e-3, 'compile': False}, ['--lr=3e-4', '--compile=true'])
+    {'lr': 0.0003, 'compile': True}
+    """
+    for arg in sys.argv[1:] if argv is None else argv:
+        if arg in ('-h', '--help'):
+            print(doc.strip() + '\n\nconfig (override with --key=value):')
+            for k, v in config.items():
+                print(f'  --{k}={v}')
+            sys.exit(0)
+        if not arg.startswith('--') or '=' not in arg:
+            fail(f'bad argument {arg!r}: expected --key=value (see --help)')
+        key, val = arg[2:].split('=', 1)
+        if key not in config:
+            fail(f'unknown config key {key!r}; valid keys: {", ".join(config)}')
+        config[key] = _coerce(key, val, config[key])
+    return config
+
+
+def _coerce(key, val, default):
+    if val == 'None':
+        return None
+    try:
+        if isinstance(default, bool):
+            if val.lower() not in ('true', 'false', '1', '0'):
+                raise ValueError
+            return val.lower() in ('true', '1')
+        if isinstance(default, int):
+            return int(val)
+        if isinstance(default, float):
+            return float(val)
+    except ValueError:
+        fail(f'--{key}={val}: expected a {type(default).__name__} like {default!r}')
+    if default is None:  # no type to follow: take the most specific reading
+        for cast in (int, float):
+            with contextlib.suppress(ValueError):
+                return cast(val)
+    return val
+
+
+# -----------------------------------------------------------------------------
+# device and precision
+
+
+def pick_device(name='auto'):
+    """'auto' picks cuda, then mps, then cpu, and says which."""
+    if name == 'auto':
+        name = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    print(f'device: {name}')
+    return name
+
+
+def autocast(device):
+    """bf16 autocast on CUDA, full fp32 elsewhere."""
+    if device.startswith('cuda'):
+        return torch.autocast('cuda', dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def synchronize(device):
+    """Wait for queued GPU work before reading a clock; a no-op off CUDA."""
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+# -----------------------------------------------------------------------------
+# tokenizer: a real tiktoken.Encoding built offline from the 256 byte ranks
+
+TOKENIZER = 'cdlm-bytes-v1'  # stored in checkpoints; change it whenever the ranks or specials change
+EOS_ID, MASK_ID = 256, 257  # <|endoftext|> pads every response; <|mask|> is the absorbing diffusion state
+VOCAB_SIZE = 258
+
+
+def get_tokenizer():
+    """Byte-level BPE with no merges: every byte (so every digit) is one token, and any unicode text round-trips.
+
+    NOTE: no merge table. The corpus is digits and one-character operators, where merges would either split digits
+    (forbidden) or save almost nothing, so the 256 byte ranks are the whole vocabulary.
+    >>> get_tokenizer().encode_ordinary('7+5=12')
+    [55, 43, 53, 61, 49, 50]
+    """
+    return tiktoken.Encoding(
+        TOKENIZER, pat_str=r'\d|[^\d]+', mergeable_ranks={bytes([i]): i for i in range(256)},
+        special_tokens={'<|endoftext|>': EOS_ID, '<|mask|>': MASK_ID}, explicit_n_vocab=VOCAB_SIZE)
+
+
+def encode_example(enc, prompt, response, prompt_len, gen_len):
+    """One row of token ids: the prompt left-padded with EOS to prompt_len, then the response EOS-padded to gen_len.
+
+    NOTE: left-padding gives every prompt the same length, so a batch shares one canvas and one block-causal mask.
+    """
+    p, r = enc.encode_ordinary(prompt), enc.encode_ordinary(response)
+    if len(p) > prompt_len:
+        fail(f'prompt is {len(p)} tokens, longer than the model\'s prompt_len={prompt_len}')
+    if len(r) > gen_len:
+        raise ValueError(f'response of {len(r)} tokens does not fit gen_len={gen_len}')
+    return [EOS_ID] * (prompt_len - len(p)) + p + r + [EOS_ID] * (gen_len - len(r))
+
+
+def load_split(split, prompt_len, gen_len):
+    """(x0, problems) for a corpus split: x0 (N, prompt_len + gen_len) int64 and a list of (prompt, response, family)."""
+    problems = tasks.build_splits()[split]
+    enc = get_tokenizer()
+    x0 = torch.tensor([encode_example(enc, p, r, prompt_len, gen_len) for p, r, _ in problems])
+    return x0, problems
+
+
+def decode_response(enc, row):
+    """Response text up to the first EOS; <|mask|> stays visible as a placeholder."""
+    ids = row.tolist()
+    ids = ids[:ids.index(EOS_ID)] if EOS_ID in ids else ids
+    return enc.decode(ids).replace('<|mask|>', '_')
+
+
+# -----------------------------------------------------------------------------
+# the attention mask: one pure function for teacher and student
+
+
+def attention_mask(kind, seq_len, prompt_len=None, block_size=None, device=None):
+    """allow[q, k] (seq_len, seq_len) bool: may query position q attend to key position k?
+
+    bidirectional: everything sees everything (the teacher, LLaDA-style).
+    block_causal (CDLM sec. 3, as in BD3-LM): with P = prompt_len and blk(i) = (i - P) // block_size,
+        allow(q, k) = k < P  or  (q >= P and k >= P and blk(k) <= blk(q))
+    so the prompt sees only itself and a block sees the prompt, earlier blocks and itself. P=2, block_size=2:
+              k: p p 0 0 1 1
+           q p [ 1 1 0 0 0 0 ]
+             p [ 1 1 0 0 0 0 ]
+             0 [ 1 1 1 1 0 0 ]
+             0 [ 1 1 1 1 0 0 ]
+             1 [ 1 1 1 1 1 1 ]
+             1 [ 1 1 1 1 1 1 ]
+    There are no defaults for prompt_len and block_size: a silently wrong block size is a classic bug.
+    """
+    if kind == 'bidirectional':
+        return torch.ones(seq_len, seq_len, dtype=torch.bool, device=device)
+    if kind != 'block_causal':
+        raise ValueError(f'unknown attention kind {kind!r}')
+    if prompt_len is None or block_size is None:
+        raise ValueError('block_causal needs prompt_len and block_size')
+    i = torch.arange(seq_len, device=device)
+    blk = (i - prompt_len).div(block_size, rounding_mode='floor')
+    q_gen, k_gen = (i >= prompt_len)[:, None], (i >= prompt_len)[None, :]
+    return ~k_gen | (q_gen & (blk[None, :] <= blk[:, None]))
+
+
+# -----------------------------------------------------------------------------
+# the model: one class for teacher and student
+
+
+class KVCache:
+    """Keys and values of the positions that are final: the prompt and finished blocks (CDLM sec. 5).
+
+    Under the block-causal mask these rows never attend forward, so what is cached equals what a full recompute gives.
+    Each forward writes the keys and values of its new positions after the first `len(cache)` slots and attends over
+    all of them; `commit` then keeps only the leading positions that are clean. The rest (a block still holding masks)
+    is overwritten by the next call, so a key computed from a mask is never reused.
+    """
+
+    def __init__(self, model, batch_size, seq_len, device=None, dtype=torch.float32):
+        n_head, d = model.args['n_head'], model.args['d_model']
+        shape = (batch_size, n_head, seq_len, d // n_head)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in model.blocks]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in model.blocks]
+        self.n = 0  # positions [0, n) are final
+
+    def __len__(self):
+        return self.n
+
+
+class Block(nn.Module):
+    def __init__(self, d_model, n_head):
+        super().__init__()
+        self.n_head = n_head
+        self.ln1, self.ln2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.proj = nn.Linear(d_model, d_model, bias=False)
+        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model, bias=False), nn.GELU(),
+                                 nn.Linear(4 * d_model, d_model, bias=False))
+
+    def forward(self, x, attn_mask, cache=None, layer=0):
+        B, T, C = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (B, H, T, hd)
+        if cache is not None:  # write the new keys after the final ones and attend over both
+            n = cache.n
+            cache.k[layer][:, :, n:n + T], cache.v[layer][:, :, n:n + T] = k, v
+            k, v = cache.k[layer][:, :, :n + T].to(q.dtype), cache.v[layer][:, :, :n + T].to(q.dtype)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return x + self.mlp(self.ln2(x))
+
+
+class Transformer(nn.Module):
+    """A pre-norm transformer whose logits at position i predict token i (no shift), over a fixed-length canvas."""
+
+    def __init__(self, vocab_size=VOCAB_SIZE, seq_len=72, n_layer=4, n_head=4, d_model=128):
+        super().__init__()
+        self.args = dict(vocab_size=vocab_size, seq_len=seq_len, n_layer=n_layer, n_head=n_head, d_model=d_model)
+        self.wte = nn.Embedding(vocab_size, d_model)
+        self.wpe = nn.Embedding(seq_len, d_model)
+        self.blocks = nn.ModuleList(Block(d_model, n_head) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(d_model)
+        self.lm_head = nn.Linear(d_model, vocab_size - 1, bias=False)  # NOTE: no row for <|mask|>, the last id
+        for p in self.parameters():
+            if p.dim() == 2:
+                nn.init.normal_(p, std=0.02)
+
+    def forward(self, idx, attn_mask=None, cache=None, commit=0):
+        """idx (B, T) are positions [start, start+T) of the canvas, start = len(cache) (0 without a cache).
+        attn_mask (T, start+T) bool or None for full attention. Returns logits (B, T, V-1).
+        With a cache, the first `commit` of these positions become final and are kept."""
+        start = cache.n if cache is not None else 0
+        x = self.wte(idx) + self.wpe(torch.arange(start, start + idx.shape[1], device=idx.device))
+        for i, block in enumerate(self.blocks):
+            x = block(x, attn_mask, cache, i)
+        if cache is not None:
+            cache.n += commit
+        return self.lm_head(self.ln_f(x))
+
+
+# -----------------------------------------------------------------------------
+# losses
+
+
+def antithetic_t(batch_size, eps=1e-3, generator=None, device=None):
+    """Mask ratios t in [eps, 1), one per row, stratified across the batch for lower variance (MDLM, sec. 3.5)."""
+    u = torch.rand(1, generator=generator, device=device)
+    return eps + (1 - eps) * ((u + torch.arange(batch_size, device=device) / batch_size) % 1)
+
+
+def mask_tokens(x0, maskable, t, generator=None):
+    """Hide each maskable position with probability t (one t per row). Returns xt and the bool mask of hidden spots."""
+    hidden = maskable & (torch.rand(x0.shape, generator=generator, device=x0.device) < t[:, None])
+    return torch.where(hidden, MASK_ID, x0), hidden
+
+
+def mdm_loss(logits, x0, hidden, t, norm):
+    """Masked-diffusion ELBO (MDLM eq. 10, LLaDA's SFT loss): cross-entropy on hidden positions weighted by 1/t,
+    summed and divided by `norm` maskable positions per row (the response length). logits (B, T, V-1), x0 (B, T)."""
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), x0.flatten().clamp_max(logits.shape[-1] - 1),
+                         reduction='none').view(x0.shape)
+    return (ce * hidden / t[:, None]).sum() / (x0.shape[0] * norm)
+
+
+def kl_loss(p, logits, select):
+    """Mean over selected positions of KL(p || softmax(logits)), the form of both CDLM losses (sec. 4):
+    distillation with p = the teacher's distribution, consistency with p = the student's own at a later state.
+    p (..., V-1) is a constant target (no gradient flows into it); select (...) bool."""
+    logq = F.log_softmax(logits.float(), dim=-1)
+    kl = (torch.xlogy(p, p) - p * logq).sum(-1)
+    return (kl * select).sum() / select.sum().clamp_min(1)
+
+
+# -----------------------------------------------------------------------------
+# decoding: one set of helpers for the teacher, trajectory collection and the student, with or without cache
+
+
+def predict(logits, temperature=0.0, generator=None):
+    """Candidate token and its confidence at every position. logits (B, W, V-1) -> (tokens, conf), both (B, W).
+
+    Greedy at temperature 0; otherwise a Gumbel-max sample in float64 (as LLaDA's generate.py: low-precision Gumbel
+    noise collapses the tail of the distribution). Confidence is the model's (untempered) probability of the token."""
+    logits = logits.double()
+    probs = logits.softmax(-1)
+    if temperature > 0:
+        u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
+        tokens = (logits / temperature - torch.log(-torch.log(u.clamp_min(1e-300)))).argmax(-1)
+    else:
+        tokens = logits.argmax(-1)
+    return tokens, probs.gather(-1, tokens[..., None]).squeeze(-1)
+
+
+def choose_positions(conf, todo, k=None, threshold=None):
+    """Which still-masked positions to finalize this step; conf and todo (B, W). Exactly one of k, threshold.
+
+    k: the k most confident (LLaDA's low-confidence remasking; k=1 is the CDLM teacher's rule).
+    threshold: every position with confidence > threshold, and always the most confident one, so each step makes
+    progress (Fast-dLLM's rule). NOTE: strictly greater, so threshold=1.0 means exactly one token per step."""
+    conf = conf.masked_fill(~todo, -1.0)
+    best = F.one_hot(conf.argmax(-1), conf.shape[-1]).bool()
+    if threshold is not None:
+        pick = (conf > threshold) | best
+    else:
+        top = conf.topk(min(k, conf.shape[-1]), dim=-1).indices
+        pick = torch.zeros_like(todo).scatter_(-1, top, True)
+    return pick & todo
+
+
+@torch.no_grad()
+def generate(model, prompt, gen_len, block_size, attn='bidirectional', use_cache=False, k=1, threshold=None,
+             temperature=0.0, early_stop=True, generator=None, record_topk=0, on_step=None):
+    """Semi-autoregressive masked-diffusion decoding over blocks (LLaDA sec. 2.4; CDLM sec. 5).
+
+    Args:
+        model: a Transformer.
+        prompt: (B, P) token ids; one shared length (left-pad shorter prompts with EOS, see encode_example).
+        gen_len: generated length L, a multiple of block_size.
+        block_size: positions are only finalized inside the current block, left to right over blocks.
+        attn: 'bidirectional' (teacher: the whole canvas is recomputed every step) or 'block_causal' (student).
+        use_cache: block_causal only. Keep exact keys/values of the prompt and finished blocks and run each step on the
+            current block alone. The cache write of a finished block is fused with the next block's first step.
+            Without it, each step recomputes the prefix up to the current block: same tokens, same NFE.
+        k / threshold: how many positions a step finalizes, see choose_positions. Pass threshold=None to use k.
+        temperature: 0 for greedy, else Gumbel-max sampling in float64 with `generator`.
+        early_stop: once EOS is finalized, every later position becomes EOS and needs no forward pass.
+        record_topk: if > 0, also return each position's top-k log-probs at the step it was finalized (trajectories).
+        on_step: optional callback(x, picked, logits) after each step, for animations and tests.
+    Returns a dict: x (B, P+L) final tokens, nfe (B,) forward passes each row needed (what it would cost at batch 1),
+        step_of (B, L) the step at which each position was finalized, and top_idx / top_logp (B, L, record_topk).
+    """
+    B, P = prompt.shape
+    T, dev = P + gen_len, prompt.device
+    if gen_len % block_size:
+        raise ValueError(f'gen_len={gen_len} is not a multiple of block_size={block_size}')
+    if T > model.args['seq_len']:
+        raise ValueError(f'prompt {P} + gen_len {gen_len} exceeds the model context seq_len={model.args["seq_len"]}')
+    if use_cache and attn != 'block_causal':
+        raise ValueError('an exact KV cache needs the block_causal mask')
+    x = torch.cat([prompt, torch.full((B, gen_len), MASK_ID, device=dev)], dim=1)
+    mask = None if attn == 'bidirectional' else attention_mask(attn, T, P, block_size, device=dev)
+    cache = KVCache(model, B, T, dev, next(model.parameters()).dtype) if use_cache else None
+    nfe = torch.zeros(B, dtype=torch.long, device=dev)
+    step_of = torch.full((B, gen_len), -1, dtype=torch.long, device=dev)
+    top_idx = torch.zeros(B, gen_len, record_topk, dtype=torch.long, device=dev)
+    top_logp = torch.zeros(B, gen_len, record_topk, device=dev)
+    for s in range(P, T, block_size):
+        e = s + block_size
+        while (todo := x[:, s:e] == MASK_ID).any():
+            if attn == 'bidirectional':
+                logits = model(x)[:, s:e]  # (B, block_size, V-1)
+            elif cache is None:
+                logits = model(x[:, :e], mask[:e, :e])[:, s:e]
+            else:  # run on [finished-but-uncached positions ; current block], keep the former in the cache
+                c = len(cache)
+                logits = model(x[:, c:e], mask[c:e, :e], cache, commit=s - c)[:, s - c:]
+            logits = logits.float()
+            active = todo.any(-1)
+            nfe += active
+            tokens, conf = predict(logits, temperature, generator)
+            pick = choose_positions(conf, todo, k, threshold)
+            x[:, s:e] = torch.where(pick, tokens, x[:, s:e])
+            step_of[:, s - P:e - P][pick] = (nfe - 1)[:, None].expand(-1, block_size)[pick]
+            if record_topk:
+                top = logits.log_softmax(-1).topk(record_topk, dim=-1)
+                top_idx[:, s - P:e - P][pick], top_logp[:, s - P:e - P][pick] = top.indices[pick], top.values[pick]
+            if early_stop:  # everything after a finalized EOS is EOS
+                resp = x[:, P:]
+                fill = ((resp == EOS_ID).cumsum(-1) > 0) & (resp == MASK_ID)
+                resp[fill] = EOS_ID
+                step_of[fill] = (nfe - 1)[:, None].expand(-1, gen_len)[fill]
+            if on_step is not None:
+                on_step(x, pick, logits)
+    return dict(x=x, nfe=nfe, step_of=step_of, top_idx=top_idx, top_logp=top_logp)
+
+
+# -----------------------------------------------------------------------------
+# evaluation: strict accuracy on corpus problems
+
+
+def evaluate(model, problems, prompt_len, gen_len, block_size, attn, device, batch_size=100, **decode_kw):
+    """Decode problems (prompt, response, family) and score them with the strict checker (data/tasks.py).
+    Returns per-problem lists: strict, answer_only, nfe, and the response texts."""
+    enc = get_tokenizer()
+    out = dict(strict=[], answer=[], nfe=[], text=[])
+    for i in range(0, len(problems), batch_size):
+        chunk = problems[i:i + batch_size]
+        prompt = torch.tensor([encode_example(enc, p, '', prompt_len, gen_len)[:prompt_len] for p, _, _ in chunk],
+                              device=device)
+        with autocast(device):
+            res = generate(model, prompt, gen_len, block_size, attn=attn, **decode_kw)
+        for (p, _, _), row, n in zip(chunk, res['x'][:, prompt_len:], res['nfe'].tolist()):
+            text = decode_response(enc, row)
+            strict, answer = tasks.check(p, text)
+            out['strict'].append(strict)
+            out['answer'].append(answer)
+            out['nfe'].append(n)
+            out['text'].append(text)
+    return out
+
+
+# -----------------------------------------------------------------------------
+# checkpoints: plain dicts that load with torch.load(weights_only=True), written atomically
+
+
+def save_checkpoint(path, model, kind, config, iter_num, metrics, optimizer=None):
+    """kind is 'teacher' or 'student'. The state dict is the uncompiled model's (no `_orig_mod.` prefix)."""
+    model = getattr(model, '_orig_mod', model)
+    ckpt = dict(kind=kind, model=model.state_dict(), model_args=model.args, config=config, iter_num=iter_num,
+                metrics={k: float(v) for k, v in metrics.items()}, tokenizer=TOKENIZER, mask_id=MASK_ID,
+                block_size=config['block_size'], optimizer=optimizer.state_dict() if optimizer else None)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.save(ckpt, path + '.tmp')
+    os.replace(path + '.tmp', path)
+
+
+def load_checkpoint(path, device='cpu', hint='python train_teacher.py'):
+    """(model, ckpt). A missing file or a checkpoint made with another tokenizer stops with a one-line error."""
+    if not os.path.exists(path):
+        fail(f'no checkpoint at {path}; create it with `{hint}`')
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    if (ckpt.get('tokenizer'), ckpt.get('mask_id')) != (TOKENIZER, MASK_ID):
+        fail(f'{path} was made with tokenizer {ckpt.get("tokenizer")!r} (mask id {ckpt.get("mask_id")}); '
+             f'this code uses {TOKENIZER!r} (mask id {MASK_ID})')
+    model = Transformer(**ckpt['model_args']).to(device)
+    model.load_state_dict(ckpt['model'])
+    return model, ckpt

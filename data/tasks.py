@@ -1,0 +1,116 @@
+"""
+The toy corpus: two task families with exactly checkable answers, in the roles GSM8K-CoT and MBPP play in the CDLM paper.
+
+    math  `347+285=`                  -> `5+7+0=12|4+8+1=13|3+2+1=6|#### 632`
+    code  `a=4;b=a+3;c=b*a;print(c)`  -> `b=4+3=7;c=7*4=28;#### 28`
+
+Every response is one phrasing drawn uniformly from a small set of valid ones: inside each chain-of-thought step the
+operands of a commutative pair come in either order, and one separator from SEPS is chosen per response and used
+throughout. All phrasings of a problem have the same length, so a model learns them easily, yet a bidirectional model
+cannot know which phrasing a position belongs to until a neighbour is decoded: that is what makes parallel decoding hard.
+
+The strict checker enumerates every valid phrasing of the problem and asks whether the response is one of them, so a
+response is correct only if every step parses, uses the right digits and carries, is arithmetically right, and the final
+answer is exact. Problems are generated deterministically from a seed; nothing is downloaded.
+"""
+import itertools
+import random
+import re
+
+SEPS = ('|', ';', ',')  # one separator per response, used between every pair of steps
+FAMILIES = ('math', 'code')
+N_TEST, N_VAL, N_TRAIN = 500, 200, 20000  # problems per family in each split
+
+
+def math_problem(rng):
+    """Addition or subtraction of two numbers of 2-4 digits each; subtraction keeps the result non-negative."""
+    a, b = (rng.randint(10 ** (n - 1), 10 ** n - 1) for n in (rng.randint(2, 4), rng.randint(2, 4)))
+    op = rng.choice('+-')
+    if op == '-' and a < b:
+        a, b = b, a
+    return f'{a}{op}{b}='
+
+
+def code_problem(rng):
+    """A straight-line program: a=N, then b and c each from earlier values with + - *, all values kept in 0..99."""
+    while True:
+        env = {'a': rng.randint(2, 9)}
+        lines = [f"a={env['a']}"]
+        for name in 'bc':
+            left = rng.choice(sorted(env)[1:] or ['a']) if rng.random() < 0.7 else 'a'
+            right = rng.choice(sorted(env)) if rng.random() < 0.3 else str(rng.randint(1, 9))
+            op = rng.choice('+-*')
+            env[name] = eval(f"{env[left]}{op}{env.get(right, right)}")  # noqa: S307, digits and + - * only
+            lines.append(f'{name}={left}{op}{right}')
+        if all(0 <= v <= 99 for v in env.values()):
+            return ';'.join(lines) + f";print({rng.choice('bc')})"
+
+
+def phrasings(prompt):
+    """All valid responses to a prompt (without the EOS padding). The strict checker is membership in this set."""
+    if m := re.fullmatch(r'(\d+)([+-])(\d+)=', prompt):
+        steps, answer = math_steps(int(m[1]), m[2], int(m[3]))
+    elif m := re.fullmatch(r'a=(\d);b=([abc\d+*-]+);c=([abc\d+*-]+);print\(([bc])\)', prompt):
+        steps, answer = code_steps(m[1], m[2], m[3], m[4])
+    else:
+        raise ValueError(f'not a task prompt: {prompt!r}')
+    return [sep.join(choice) + f'{sep}#### {answer}' for sep in SEPS for choice in itertools.product(*steps)]
+
+
+def math_steps(a, op, b):
+    """Column-wise steps, least significant digit first. Each step is a set of equivalent phrasings."""
+    steps, carry = [], 0
+    for i in range(max(len(str(a)), len(str(b)))):
+        x, y = a // 10 ** i % 10, b // 10 ** i % 10
+        if op == '+':  # x+y+carry=sum; x and y in either order
+            s = x + y + carry
+            steps.append({f'{x}+{y}+{carry}={s}', f'{y}+{x}+{carry}={s}'})
+            carry = s // 10
+        else:  # (x or 1x)-y-borrow=digit; y and the borrow in either order
+            top = x + 10 if x - y - carry < 0 else x
+            steps.append({f'{top}-{y}-{carry}={top - y - carry}', f'{top}-{carry}-{y}={top - y - carry}'})
+            carry = int(top > x)
+    return steps, a + b if op == '+' else a - b
+
+
+def code_steps(a, expr_b, expr_c, target):
+    """One step per assignment after `a`: name=value op value=result; + and * operands in either order."""
+    env, steps = {'a': int(a)}, []
+    for name, expr in (('b', expr_b), ('c', expr_c)):
+        left, op, right = re.fullmatch(r'([abc\d])([+*-])([abc\d])', expr).groups()
+        u, v = (str(env[t]) if t in env else t for t in (left, right))
+        env[name] = eval(f'{u}{op}{v}')  # noqa: S307, digits and + - * only
+        pairs = {(u, v), (v, u)} if op in '+*' else {(u, v)}
+        steps.append({f'{name}={p}{op}{q}={env[name]}' for p, q in pairs})
+    return steps, env[target]
+
+
+def check(prompt, response):
+    """(strict, answer_only): strict = the whole response is a valid phrasing; answer_only = `#### N` is right."""
+    valid = phrasings(prompt)
+    want = valid[0].rsplit('#### ', 1)[1]
+    got = re.search(r'#### (-?\d+)$', response)
+    return response in valid, bool(got) and got[1] == want
+
+
+def render(prompt, rng):
+    """One phrasing drawn uniformly: a separator, then an operand order per step."""
+    return rng.choice(phrasings(prompt))
+
+
+def build_splits(seed=1337):
+    """{split: [(prompt, response, family)]}. Test and val problems come first and are never seen in training."""
+    rng, seen, splits = random.Random(seed), set(), {'test': [], 'val': [], 'train': []}
+    for split, n in (('test', N_TEST), ('val', N_VAL), ('train', N_TRAIN)):
+        for family, make in (('math', math_problem), ('code', code_problem)):
+            count, tries = 0, 0
+            while count < n and tries < 50 * n:  # the code family has fewer distinct problems than N_TRAIN
+                tries += 1
+                prompt = make(rng)
+                if prompt not in seen:
+                    seen.add(prompt)
+                    splits[split].append((prompt, render(prompt, rng), family))
+                    count += 1
+    train = {p for p, _, _ in splits['train']}
+    assert not train & {p for p, _, _ in splits['test'] + splits['val']}, 'train overlaps test/val'
+    return splits

@@ -1,0 +1,53 @@
+"""The toy corpus: deterministic, disjoint splits, and a strict checker that rejects any broken step."""
+import random
+
+import cdlm
+from data import tasks
+
+
+def test_splits_are_deterministic_disjoint_and_large_enough():
+    a, b = tasks.build_splits(), tasks.build_splits()
+    assert a == b
+    train = {p for p, _, _ in a['train']}
+    for split in ('test', 'val'):
+        assert not train & {p for p, _, _ in a[split]}, f'{split} overlaps train'
+        for fam in tasks.FAMILIES:
+            n = sum(f == fam for _, _, f in a[split])
+            assert n >= (500 if split == 'test' else 1), f'{split}/{fam} has only {n} problems'
+    assert tasks.build_splits(seed=1) != a
+
+
+def test_every_response_is_valid_and_fits_the_canvas():
+    enc = cdlm.get_tokenizer()
+    splits = tasks.build_splits()
+    for p, r, _ in splits['test'] + splits['train'][:2000]:
+        assert tasks.check(p, r) == (True, True), (p, r)
+        assert len(enc.encode_ordinary(p)) <= 24 and len(enc.encode_ordinary(r)) <= 48, (p, r)
+
+
+def test_math_checker_by_hand():
+    ok = '5+7+0=12|8+4+1=13|3+2+1=6|#### 632'
+    assert tasks.check('347+285=', ok) == (True, True)
+    assert tasks.check('347+285=', '7+5+0=12|4+8+1=13|2+3+1=6|#### 632') == (True, True)  # operand order is free
+    assert tasks.check('347+285=', '5+7+0=12;8+4+1=13|3+2+1=6|#### 632') == (False, True)  # mixed separators
+    assert tasks.check('347+285=', '5+7+0=12|8+4+0=12|3+2+1=6|#### 632') == (False, True)  # dropped carry
+    assert tasks.check('347+285=', '5+5+0=10|8+4+1=13|3+2+1=6|#### 632') == (False, True)  # wrong digit
+    assert tasks.check('347+285=', '5+7+0=12|8+4+1=13|3+2+1=6|#### 633') == (False, False)
+    assert tasks.check('347+285=', ok + ' ') == (False, False)
+    assert tasks.check('502-37=', '12-7-0=5|0-3-1=6|5-0-1=4|#### 465') == (False, True)  # 0-3-1 needs a borrow
+    assert tasks.check('502-37=', '12-7-0=5|10-1-3=6|5-1-0=4|#### 465') == (True, True)
+
+
+def test_code_checker_by_hand():
+    p = 'a=4;b=a+3;c=b*a;print(c)'
+    assert tasks.check(p, 'b=4+3=7;c=7*4=28;#### 28') == (True, True)
+    assert tasks.check(p, 'b=3+4=7|c=4*7=28|#### 28') == (True, True)
+    assert tasks.check(p, 'b=4+3=7;c=7*4=29;#### 28') == (False, True)
+    assert tasks.check(p, 'b=4+3=7;c=7*4=28;#### 7') == (False, False)
+    assert tasks.check('a=5;b=a-2;c=b-1;print(b)', 'b=2-5=-3;c=-3-1=-4;#### 3') == (False, False)
+
+
+def test_render_draws_every_phrasing():
+    rng = random.Random(0)
+    seen = {tasks.render('12+34=', rng) for _ in range(400)}
+    assert seen == set(tasks.phrasings('12+34=')) and len(seen) == 3 * 2 * 2

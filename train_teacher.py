@@ -1,0 +1,153 @@
+"""
+Train the bidirectional masked-diffusion teacher on the toy corpus (LLaDA-style SFT: the prompt is never masked).
+
+    python train_teacher.py                       # the default, minutes on a 2-core CPU
+    python train_teacher.py --max_iters=200       # a quick look
+    python train_teacher.py --init_from=resume    # continue from out/teacher.pt
+    python train_teacher.py --help                # every setting and its default
+
+Relative paths are taken from this file's folder. Ctrl-C saves a checkpoint before exiting.
+"""
+import math
+import os
+import time
+
+import torch
+
+import cdlm
+
+# -----------------------------------------------------------------------------
+# I/O
+out_dir = 'out'  # checkpoints go here
+ckpt_name = 'teacher.pt'  # file name inside out_dir
+init_from = 'scratch'  # 'scratch' or 'resume'
+eval_interval = 500  # iterations between evaluations and checkpoints
+eval_problems = 50  # val problems per family decoded at each eval (one token per step)
+# data
+prompt_len = 24  # every prompt is left-padded to this many tokens
+gen_len = 48  # response length L, EOS-padded; a multiple of block_size
+block_size = 16  # decoding block B (the student's block; the teacher decodes semi-autoregressively with it)
+# model
+n_layer = 4  # transformer blocks
+n_head = 4  # attention heads
+d_model = 128  # width
+# optim
+batch_size = 128  # sequences per iteration
+max_iters = 4000  # optimizer steps: the schedule is by steps, never by wall-clock
+lr = 3e-3  # peak AdamW learning rate
+min_lr = 1e-4  # floor of the cosine decay
+warmup_iters = 100  # linear warm-up steps
+weight_decay = 0.0  # AdamW weight decay
+grad_clip = 1.0  # max gradient norm (0 = off)
+# system
+device = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
+threads = 0  # torch CPU threads, 0 = one per core
+compile = False  # torch.compile the model
+seed = 1337  # drives init, batches and masking
+config = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
+config = cdlm.configure(config, doc=__doc__)
+globals().update(config)
+# -----------------------------------------------------------------------------
+
+if gen_len % block_size:
+    cdlm.fail(f'gen_len={gen_len} is not a multiple of block_size={block_size}')
+torch.manual_seed(seed)
+torch.set_num_threads(threads or os.cpu_count())
+device = cdlm.pick_device(device)
+out_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), out_dir, ckpt_name)
+print('config:', config)
+
+# data: every split tokenized up front, (N, prompt_len + gen_len)
+x_train, _ = cdlm.load_split('train', prompt_len, gen_len)
+x_val, val_problems = cdlm.load_split('val', prompt_len, gen_len)
+x_train, x_val = x_train.to(device), x_val.to(device)
+eval_set = [pr for fam in cdlm.tasks.FAMILIES for pr in [q for q in val_problems if q[2] == fam][:eval_problems]]
+print(f'train {len(x_train)} examples, val {len(x_val)}, tokens per example {x_train.shape[1]}')
+
+# model and optimizer, fresh or resumed
+model_args = dict(vocab_size=cdlm.VOCAB_SIZE, seq_len=prompt_len + gen_len, n_layer=n_layer, n_head=n_head,
+                  d_model=d_model)
+iter_num = 0
+if init_from == 'resume':
+    model, ckpt = cdlm.load_checkpoint(out_path, device)
+    if ckpt['model_args'] != model_args:
+        cdlm.fail(f'{out_path} has model {ckpt["model_args"]}, the config asks for {model_args}')
+    iter_num = ckpt['iter_num']
+    print(f'resuming from {out_path} at iter {iter_num}')
+elif init_from == 'scratch':
+    model = cdlm.Transformer(**model_args).to(device)
+else:
+    cdlm.fail(f"init_from={init_from!r}: use 'scratch' or 'resume'")
+print(f'model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters')
+optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
+if init_from == 'resume' and ckpt['optimizer']:
+    optimizer.load_state_dict(ckpt['optimizer'])
+train_model = torch.compile(model) if compile else model
+gen = torch.Generator(device).manual_seed(seed + iter_num)  # batches and masks; offset so a resume draws new ones
+response = torch.arange(x_train.shape[1], device=device) >= prompt_len  # maskable positions: the response only
+
+
+def get_lr(it):
+    """Linear warm-up, then cosine decay to min_lr at max_iters."""
+    if it < warmup_iters:
+        return lr * (it + 1) / warmup_iters
+    progress = min(1.0, (it - warmup_iters) / max(1, max_iters - warmup_iters))
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def loss_on(x0, t):
+    xt, hidden = cdlm.mask_tokens(x0, response, t, gen)
+    with cdlm.autocast(device):
+        logits = train_model(xt)  # (B, T, V-1), full bidirectional attention
+    return cdlm.mdm_loss(logits, x0, hidden, t, gen_len)
+
+
+@torch.no_grad()
+def evaluate():
+    """Val loss on a fixed grid of t, and strict accuracy of one-token-per-step decoding on a val subset."""
+    model.eval()
+    t = torch.linspace(0.05, 1.0, len(x_val), device=device)
+    val_loss = sum(loss_on(x_val[i:i + 200], t[i:i + 200]).item() * len(t[i:i + 200])
+                   for i in range(0, len(x_val), 200)) / len(x_val)
+    res = cdlm.evaluate(model, eval_set, prompt_len, gen_len, block_size, 'bidirectional', device, k=1,
+                        threshold=None, early_stop=False)
+    model.train()
+    acc = {fam: sum(s for s, q in zip(res['strict'], eval_set) if q[2] == fam) / eval_problems
+           for fam in cdlm.tasks.FAMILIES}
+    print(f'  sample: {eval_set[0][0]} -> {res["text"][0]}')
+    return dict(val_loss=val_loss, **{f'acc_{f}': a for f, a in acc.items()})
+
+
+def save(metrics):
+    cdlm.save_checkpoint(out_path, model, 'teacher', config, iter_num, metrics, optimizer)
+    print(f'saved {out_path}')
+
+
+# training loop
+metrics, t0, t_start = {}, time.time(), time.time()
+try:
+    while iter_num < max_iters:
+        for group in optimizer.param_groups:
+            group['lr'] = get_lr(iter_num)
+        x0 = x_train[torch.randint(len(x_train), (batch_size,), generator=gen, device=device)]
+        loss = loss_on(x0, cdlm.antithetic_t(batch_size, generator=gen, device=device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        iter_num += 1
+        if iter_num % 50 == 0:
+            cdlm.synchronize(device)
+            dt, t0 = (time.time() - t0) / 50, time.time()
+            print(f'iter {iter_num}: loss {loss.item():.4f}, lr {get_lr(iter_num):.2e}, {dt * 1000:.0f}ms/iter')
+        if iter_num % eval_interval == 0 or iter_num == max_iters:
+            metrics = evaluate()
+            print(f'eval {iter_num}: ' + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items())
+                  + f', {(time.time() - t_start) / 60:.1f} min')
+            save(metrics)
+            t0 = time.time()
+except KeyboardInterrupt:
+    print(f'\ninterrupted at iter {iter_num}')
+    save(metrics)
+print(f'done: {iter_num} iters in {(time.time() - t_start) / 60:.1f} min')
