@@ -33,8 +33,8 @@ def fail(msg):
 def configure(config, argv=None, doc=''):
     """Apply `--key=value` overrides to a dict of defaults and return it. `--help` prints the defaults.
 
-    Values are coerced to the type of the default (int -> float is fine, `None` is allowed for any key);
-    an unknown key or a value of the wrong type stops with a one-line error.
+    Values are coerced to the type of the default (int -> float is fine, `None` is allowed for any key, a bare
+    `--flag` sets a boolean); an unknown key or a value of the wrong type stops with a one-line error.
     >>> configure({'lr': 1e-3, 'compile': False}, ['--lr=3e-4', '--compile=true'])
     {'lr': 0.0003, 'compile': True}
     """
@@ -44,6 +44,8 @@ def configure(config, argv=None, doc=''):
             for k, v in config.items():
                 print(f'  --{k}={v}')
             sys.exit(0)
+        if arg.startswith('--') and '=' not in arg and isinstance(config.get(arg[2:]), bool):
+            arg += '=true'  # a bare --flag switches a boolean on
         if not arg.startswith('--') or '=' not in arg:
             fail(f'bad argument {arg!r}: expected --key=value (see --help)')
         key, val = arg[2:].split('=', 1)
@@ -340,7 +342,8 @@ def generate(model, prompt, gen_len, block_size, attn='bidirectional', use_cache
         temperature: 0 for greedy, else Gumbel-max sampling in float64 with `generator`.
         early_stop: once EOS is finalized, every later position becomes EOS and needs no forward pass.
         record_topk: if > 0, also return each position's top-k log-probs at the step it was finalized (trajectories).
-        on_step: optional callback(x, picked, logits) after each step, for animations and tests.
+        on_step: optional callback(x, start, pick, logits) after each step, for animations and tests: the canvas,
+            where the current block starts in it, the positions finalized in the block and the block's logits.
     Returns a dict: x (B, P+L) final tokens, nfe (B,) forward passes each row needed (what it would cost at batch 1),
         step_of (B, L) the step at which each position was finalized, and top_idx / top_logp (B, L, record_topk).
     """
@@ -385,7 +388,7 @@ def generate(model, prompt, gen_len, block_size, attn='bidirectional', use_cache
                 resp[fill] = EOS_ID
                 step_of[fill] = (nfe - 1)[:, None].expand(-1, gen_len)[fill]
             if on_step is not None:
-                on_step(x, pick, logits)
+                on_step(x, s, pick, logits)
     return dict(x=x, nfe=nfe, step_of=step_of, top_idx=top_idx, top_logp=top_logp)
 
 

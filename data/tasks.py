@@ -1,7 +1,7 @@
 """
 The toy corpus: two task families with exactly checkable answers, in the roles GSM8K-CoT and MBPP play in the CDLM paper.
 
-    math  `347+285=`                  -> `5+7+0=12|4+8+1=13|3+2+1=6|#### 632`
+    math  `347+285=`                  -> `5+7+0=12|4+8+1=13|3+2+1=06|#### 632`
     code  `a=4;b=a+3;c=b*a;print(c)`  -> `b=4+3=7;c=7*4=28;#### 28`
 
 Every response is one phrasing drawn uniformly from a small set of valid ones: inside each chain-of-thought step the
@@ -58,17 +58,19 @@ def phrasings(prompt):
 
 
 def math_steps(a, op, b):
-    """Column-wise steps, least significant digit first. Each step is a set of equivalent phrasings."""
+    """Column-wise steps, least significant digit first, each exactly 8 characters so step i always starts at the same
+    offset. Addition writes the two-digit column sum (`3+2+1=06`); subtraction writes the two-digit top digit, 1x when
+    it borrows (`13-5-0=8`, `07-5-0=2`). Each step is a set of equivalent phrasings."""
     steps, carry = [], 0
     for i in range(max(len(str(a)), len(str(b)))):
         x, y = a // 10 ** i % 10, b // 10 ** i % 10
         if op == '+':  # x+y+carry=sum; x and y in either order
             s = x + y + carry
-            steps.append({f'{x}+{y}+{carry}={s}', f'{y}+{x}+{carry}={s}'})
+            steps.append({f'{x}+{y}+{carry}={s:02d}', f'{y}+{x}+{carry}={s:02d}'})
             carry = s // 10
-        else:  # (x or 1x)-y-borrow=digit; y and the borrow in either order
+        else:  # top-y-borrow=digit; y and the borrow in either order
             top = x + 10 if x - y - carry < 0 else x
-            steps.append({f'{top}-{y}-{carry}={top - y - carry}', f'{top}-{carry}-{y}={top - y - carry}'})
+            steps.append({f'{top:02d}-{y}-{carry}={top - y - carry}', f'{top:02d}-{carry}-{y}={top - y - carry}'})
             carry = int(top > x)
     return steps, a + b if op == '+' else a - b
 

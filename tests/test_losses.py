@@ -1,0 +1,69 @@
+"""Loss invariants: the masked-diffusion ELBO counts only hidden response tokens with weight 1/t, and the KL losses
+are zero exactly when the distributions agree, with no gradient into the target."""
+import math
+
+import torch
+
+import cdlm
+
+
+def test_antithetic_t_is_stratified():
+    t = cdlm.antithetic_t(8, eps=1e-3, generator=torch.Generator().manual_seed(0))
+    assert ((t >= 1e-3) & (t < 1)).all()
+    bins = ((t - 1e-3) / (1 - 1e-3) * 8).floor().long().sort().values
+    assert torch.equal(bins, torch.arange(8)), f'one t per stratum expected, got {t}'
+
+
+def test_mask_tokens_hides_only_maskable_positions_at_rate_t():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(0, 256, (4, 1000))
+    maskable = torch.arange(1000) >= 200
+    t = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    xt, hidden = cdlm.mask_tokens(x0, maskable, t, g)
+    assert not hidden[:, :200].any() and torch.equal(xt[~hidden], x0[~hidden])
+    assert (xt[hidden] == cdlm.MASK_ID).all()
+    rate = hidden[:, 200:].float().mean(1)
+    assert (rate - t).abs().max() < 0.05, rate
+
+
+def test_mdm_loss_ignores_visible_positions():
+    torch.manual_seed(0)
+    x0 = torch.randint(0, 256, (3, 10))
+    hidden = torch.rand(3, 10) < 0.5
+    t = torch.tensor([0.3, 0.6, 0.9])
+    logits = torch.randn(3, 10, cdlm.VOCAB_SIZE - 1)
+    changed = torch.where(hidden[..., None], logits, torch.randn_like(logits))
+    a, b = cdlm.mdm_loss(logits, x0, hidden, t, 10), cdlm.mdm_loss(changed, x0, hidden, t, 10)
+    assert abs(a - b) < 1e-6, (a, b)
+    want = sum(torch.nn.functional.cross_entropy(logits[i, j], x0[i, j]) / t[i]
+               for i in range(3) for j in range(10) if hidden[i, j]) / 30
+    assert abs(a - want) < 1e-5, (a, want)
+
+
+def test_uniform_predictor_scores_log_v_in_expectation():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(0, 256, (4096, 16))
+    maskable = torch.ones(16, dtype=torch.bool)
+    t = cdlm.antithetic_t(4096, generator=g)
+    _, hidden = cdlm.mask_tokens(x0, maskable, t, g)
+    loss = cdlm.mdm_loss(torch.zeros(4096, 16, cdlm.VOCAB_SIZE - 1), x0, hidden, t, 16)
+    want = math.log(cdlm.VOCAB_SIZE - 1)
+    assert abs(loss - want) / want < 0.05, (loss.item(), want)
+
+
+def test_kl_loss_zero_iff_equal_and_no_gradient_into_target():
+    torch.manual_seed(0)
+    logits = torch.randn(5, 7, requires_grad=True)
+    p = logits.detach().softmax(-1)
+    sel = torch.tensor([True, True, False, True, False])
+    assert cdlm.kl_loss(p, logits, sel).abs() < 1e-6
+    other = torch.randn(5, 7)
+    loss = cdlm.kl_loss(p, other.requires_grad_(), sel)
+    want = sum((p[i] * (p[i].log() - other[i].log_softmax(-1))).sum() for i in (0, 1, 3)) / 3
+    assert abs(loss - want) < 1e-5 and loss > 0
+    loss.backward()
+    assert logits.grad is None  # the target was a constant
+    assert other.grad[~sel].abs().max() == 0 and other.grad[sel].abs().max() > 0
+    sparse = torch.zeros(5, 7)
+    sparse[:, 0] = 1.0  # a one-hot target (zeros elsewhere) must not give NaN
+    assert torch.isfinite(cdlm.kl_loss(sparse, other, sel))

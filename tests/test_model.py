@@ -1,0 +1,63 @@
+"""The attention mask as a hand-checkable matrix, and what each mask lets the model see (perturbation tests)."""
+import pytest
+import torch
+
+import cdlm
+
+
+def test_block_causal_mask_by_hand():
+    want = torch.tensor([  # P=2, B=2, seq_len=7: prompt, block 0, block 1, and the first position of block 2
+        [1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 1, 1, 0],
+        [1, 1, 1, 1, 1, 1, 0],
+        [1, 1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    got = cdlm.attention_mask('block_causal', 7, prompt_len=2, block_size=2)
+    assert torch.equal(got, want), f'\n{got.int()}'
+    assert cdlm.attention_mask('bidirectional', 3).all()
+
+
+def test_block_size_one_is_causal_over_the_response():
+    got = cdlm.attention_mask('block_causal', 6, prompt_len=2, block_size=1)
+    tril = torch.ones(6, 6).tril().bool()
+    tril[:2, :2] = True  # the prompt still sees itself bidirectionally
+    assert torch.equal(got, tril), f'\n{got.int()}'
+
+
+def test_mask_needs_explicit_sizes():
+    with pytest.raises(ValueError, match='prompt_len and block_size'):
+        cdlm.attention_mask('block_causal', 8, prompt_len=2)
+    with pytest.raises(ValueError, match='unknown'):
+        cdlm.attention_mask('causal', 8)
+
+
+def test_output_never_predicts_mask_and_has_no_shift(tiny_model):
+    x = torch.randint(0, 256, (2, 10))
+    logits = tiny_model(x)
+    assert logits.shape == (2, 10, cdlm.VOCAB_SIZE - 1)  # one row short: <|mask|> has no output
+
+
+def test_bidirectional_logits_see_later_tokens(tiny_model):
+    x = torch.randint(0, 256, (1, 12))
+    y = x.clone()
+    y[0, 11] = (y[0, 11] + 1) % 256
+    diff = (tiny_model(x) - tiny_model(y))[0, :11].abs().amax(-1)
+    assert (diff > 1e-6).all(), f'a later token did not reach some earlier position: {diff}'
+
+
+@pytest.mark.parametrize('P,B', [(4, 4), (3, 2), (5, 1)])
+def test_block_causal_logits_ignore_later_blocks(tiny_model, P, B):
+    T = P + 4 * B
+    mask = cdlm.attention_mask('block_causal', T, P, B)
+    x = torch.randint(0, 256, (1, T))
+    base = tiny_model(x, mask)
+    for b in range(4):
+        s, e = P + b * B, P + (b + 1) * B
+        y = x.clone()
+        y[0, s] = (y[0, s] + 1) % 256  # change one token in block b
+        d = (tiny_model(y, mask) - base)[0].abs().amax(-1)
+        assert d[:s].max() < 1e-6, f'block {b} leaked into earlier positions: max diff {d[:s].max():.2e}'
+        assert (d[s:e] > 1e-6).all(), f'block {b} is not bidirectional inside: {d[s:e]}'
+        assert (d[e:] > 1e-6).all(), f'block {b} does not reach later blocks: {d[e:]}'
