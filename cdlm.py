@@ -11,6 +11,8 @@ How this model differs from a plain GPT (nanoGPT's model.py):
 Everything else (pre-norm blocks, GELU MLP, learned positions) is a plain GPT.
 """
 import contextlib
+import hashlib
+import math
 import os
 import sys
 
@@ -256,6 +258,14 @@ class Transformer(nn.Module):
         return self.lm_head(self.ln_f(x))
 
 
+def cosine_lr(it, lr, min_lr, warmup_iters, max_iters):
+    """Linear warm-up to lr, then cosine decay to min_lr at max_iters (nanoGPT's schedule)."""
+    if it < warmup_iters:
+        return lr * (it + 1) / warmup_iters
+    progress = min(1.0, (it - warmup_iters) / max(1, max_iters - warmup_iters))
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
 # -----------------------------------------------------------------------------
 # losses
 
@@ -390,6 +400,100 @@ def generate(model, prompt, gen_len, block_size, attn='bidirectional', use_cache
             if on_step is not None:
                 on_step(x, s, pick, logits)
     return dict(x=x, nfe=nfe, step_of=step_of, top_idx=top_idx, top_logp=top_logp)
+
+
+# -----------------------------------------------------------------------------
+# trajectories (CDLM sec. 2) and the student's three losses (sec. 4)
+#
+# On disk, one torch file (loads with weights_only=True) holding N teacher decodes of T = P + L tokens:
+#   x        (N, T)    int64    the teacher's final tokens, prompt included
+#   step_of  (N, L)    int16    the step at which each response position was finalized (one token per step)
+#   top_idx  (N, L, K) int16    the teacher's top-K token ids at position i at the step it was finalized
+#   top_logp (N, L, K) float16  their log-probabilities
+#   gt       (N, T)    int64    the ground-truth example (prompt and corpus response), for the auxiliary DLM loss
+#   meta     dict               teacher fingerprint and iter, prompt_len, gen_len, block_size, temperatures, K, count
+# NOTE: top-K log-probs rather than full distributions or hidden states: with K=8 the 257-way distributions shrink
+# 20x, and the teacher's mass beyond its top 8 tokens is negligible here (the paper stores hidden states instead).
+
+
+def fingerprint(model):
+    """A short hash of the weights: which teacher made a set of trajectories."""
+    h = hashlib.sha1()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def trajectory_state(x, step_of, prompt_len, k):
+    """State k of a trajectory: position i of the response is shown iff step_of[i] < k. x (N, T), k (N,) -> (N, T)."""
+    resp = torch.where(step_of < k[:, None], x[:, prompt_len:], MASK_ID)
+    return torch.cat([x[:, :prompt_len], resp], dim=1)
+
+
+def sample_states(x, step_of, prompt_len, block_size, generator=None):
+    """Pick, per trajectory, a block b and two states y (earlier) and y' (later) inside it.
+
+    b is uniform over the blocks the student actually decodes (up to the one holding the first EOS). Because the teacher
+    finalizes one token per step, block b is decoded in steps [bB, bB+B): y has j of its positions final, j uniform in
+    [0, B-2], and y' has j' uniform in [j+1, B-1], so y' is strictly more informed and still has a masked position.
+    Returns k_y, k_y2 (N,) state indices, b (N,), and the bool (N, L) selections:
+        U = block-b positions masked in y (the distillation targets), S = block-b positions masked in y' (consistency).
+    """
+    N, L = step_of.shape
+    dev = step_of.device
+    is_eos = x[:, prompt_len:] == EOS_ID
+    first_eos = torch.where(is_eos.any(-1), is_eos.float().argmax(-1), L - 1)
+    u = torch.rand(3, N, generator=generator, device=dev)
+    b = (u[0] * (first_eos // block_size + 1)).long()
+    j = (u[1] * (block_size - 1)).long()
+    j2 = j + 1 + (u[2] * (block_size - 1 - j)).long()
+    k_y, k_y2 = b * block_size + j, b * block_size + j2
+    in_block = torch.arange(L, device=dev)[None, :] // block_size == b[:, None]
+    U = in_block & (step_of >= k_y[:, None])
+    S = in_block & (step_of >= k_y2[:, None])
+    return k_y, k_y2, b, U, S
+
+
+def cdlm_losses(model, batch, prompt_len, block_size, w_cons=0.5, w_dlm=0.1, generator=None):
+    """The three CDLM losses on a batch of trajectories (a dict in the on-disk format). Returns a dict of scalars.
+
+    loss_distill = mean_{i in U} KL(p_teacher_i || q_student_i(y))     forward KL to the teacher at finalization
+    loss_cons    = mean_{i in S} KL(sg q_student_i(y') || q_student_i(y))
+    loss_dlm     = masked-diffusion loss on the ground truth, through the block-causal mask
+    NOTE (METHOD.md sec. 4 leaves y' open): y' is an intermediate state inside block b, not the completed block, and S
+    is what is still masked in it. With y' = y* no block position would remain masked and the term would vanish; this
+    reading keeps "within-block temporal consistency": the student's guess from less context must match its own guess
+    from more context. The same-block choice also matches what the student sees at inference.
+    NOTE (open too): the DLM term keeps blocks before b clean and masks only block b, as at inference.
+    A term whose weight is 0 is not computed (its forward pass is skipped) and reported as 0.
+    """
+    x, step_of, gt = batch['x'], batch['step_of'].long(), batch['gt']
+    N, T = x.shape
+    L, dev = T - prompt_len, x.device
+    k_y, k_y2, b, U, S = sample_states(x, step_of, prompt_len, block_size, generator)
+    mask = attention_mask('block_causal', T, prompt_len, block_size, device=dev)
+    inputs = [trajectory_state(x, step_of, prompt_len, k_y)]
+    if w_dlm:  # ground truth: blocks < b clean, block b masked with probability t, later blocks unseen anyway
+        t = antithetic_t(N, generator=generator, device=dev)
+        blk = torch.arange(L, device=dev)[None, :] // block_size
+        resp = gt[:, prompt_len:]
+        hidden = (blk == b[:, None]) & (torch.rand(resp.shape, generator=generator, device=dev) < t[:, None])
+        xt = torch.where(hidden | (blk > b[:, None]), MASK_ID, resp)
+        inputs.append(torch.cat([gt[:, :prompt_len], xt], dim=1))
+    logits = model(torch.cat(inputs), mask)[:, prompt_len:]  # (N or 2N, L, V-1)
+    p_teacher = torch.zeros(N, L, logits.shape[-1], device=dev).scatter_(
+        -1, batch['top_idx'].long(), batch['top_logp'].float().softmax(-1))  # renormalized over the top K
+    out = dict(loss_distill=kl_loss(p_teacher, logits[:N], U))
+    zero = logits.new_zeros(())
+    if w_cons:
+        with torch.no_grad():  # sg[.]: the later state is a target, not a path for gradients
+            target = model(trajectory_state(x, step_of, prompt_len, k_y2), mask)[:, prompt_len:].float().softmax(-1)
+        out['loss_cons'] = kl_loss(target, logits[:N], S)
+    else:
+        out['loss_cons'] = zero
+    out['loss_dlm'] = mdm_loss(logits[N:], gt[:, prompt_len:], hidden, t, block_size) if w_dlm else zero
+    return out
 
 
 # -----------------------------------------------------------------------------

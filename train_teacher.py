@@ -8,7 +8,6 @@ Train the bidirectional masked-diffusion teacher on the toy corpus (LLaDA-style 
 
 Relative paths are taken from this file's folder. Ctrl-C saves a checkpoint before exiting.
 """
-import math
 import os
 import time
 
@@ -87,14 +86,6 @@ gen = torch.Generator(device).manual_seed(seed + iter_num)  # batches and masks;
 response = torch.arange(x_train.shape[1], device=device) >= prompt_len  # maskable positions: the response only
 
 
-def get_lr(it):
-    """Linear warm-up, then cosine decay to min_lr at max_iters."""
-    if it < warmup_iters:
-        return lr * (it + 1) / warmup_iters
-    progress = min(1.0, (it - warmup_iters) / max(1, max_iters - warmup_iters))
-    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
-
-
 def loss_on(x0, t):
     xt, hidden = cdlm.mask_tokens(x0, response, t, gen)
     with cdlm.autocast(device):
@@ -128,7 +119,7 @@ metrics, t0, t_start = {}, time.time(), time.time()
 try:
     while iter_num < max_iters:
         for group in optimizer.param_groups:
-            group['lr'] = get_lr(iter_num)
+            group['lr'] = cdlm.cosine_lr(iter_num, lr, min_lr, warmup_iters, max_iters)
         x0 = x_train[torch.randint(len(x_train), (batch_size,), generator=gen, device=device)]
         loss = loss_on(x0, cdlm.antithetic_t(batch_size, generator=gen, device=device))
         optimizer.zero_grad(set_to_none=True)
@@ -140,7 +131,7 @@ try:
         if iter_num % 50 == 0:
             cdlm.synchronize(device)
             dt, t0 = (time.time() - t0) / 50, time.time()
-            print(f'iter {iter_num}: loss {loss.item():.4f}, lr {get_lr(iter_num):.2e}, {dt * 1000:.0f}ms/iter')
+            print(f'iter {iter_num}: loss {loss.item():.4f}, lr {optimizer.param_groups[0]["lr"]:.2e}, {dt * 1000:.0f}ms/iter')
         if iter_num % eval_interval == 0 or iter_num == max_iters:
             metrics = evaluate()
             print(f'eval {iter_num}: ' + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items())

@@ -13,6 +13,7 @@ The strict checker enumerates every valid phrasing of the problem and asks wheth
 response is correct only if every step parses, uses the right digits and carries, is arithmetically right, and the final
 answer is exact. Problems are generated deterministically from a seed; nothing is downloaded.
 """
+import functools
 import itertools
 import random
 import re
@@ -100,8 +101,10 @@ def render(prompt, rng):
     return rng.choice(phrasings(prompt))
 
 
+@functools.lru_cache(maxsize=2)
 def build_splits(seed=1337):
-    """{split: [(prompt, response, family)]}. Test and val problems come first and are never seen in training."""
+    """{split: [(prompt, response, family)]}. Test and val problems come first and are never seen in training.
+    Cached: callers share one copy and must not modify it."""
     rng, seen, splits = random.Random(seed), set(), {'test': [], 'val': [], 'train': []}
     for split, n in (('test', N_TEST), ('val', N_VAL), ('train', N_TRAIN)):
         for family, make in (('math', math_problem), ('code', code_problem)):

@@ -1,0 +1,220 @@
+"""
+The whole CDLM recipe in one command: teacher (trained first if missing) -> trajectories -> block-causal student.
+
+    python distill.py                           # everything, on one GPU or a 2-core CPU
+    python distill.py --w_cons=0                # an ablation: drop the consistency loss
+    python distill.py --help                    # every setting and its default
+
+Steps (Kim et al., arXiv 2511.19269):
+  1. the bidirectional teacher decodes training prompts one token per step and its trajectories are recorded;
+  2. a student, initialized from the teacher's weights, learns under the block-causal mask from three losses;
+  3. teacher and student are compared on the test split.
+Relative paths are taken from this file's folder. Ctrl-C saves the student before exiting.
+"""
+import os
+import subprocess
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+import cdlm
+
+# -----------------------------------------------------------------------------
+# I/O
+out_dir = 'out'  # checkpoints and trajectories go here
+teacher_ckpt = 'teacher.pt'  # trained with train_teacher.py when missing
+teacher_args = ''  # extra --key=value arguments for train_teacher.py when it has to run
+student_ckpt = 'student.pt'  # the distilled student
+traj_file = 'trajectories.pt'  # reused when it matches the teacher and the lengths, rebuilt otherwise
+init_from = 'teacher'  # 'teacher' (fresh student) or 'resume' (continue the student checkpoint)
+eval_interval = 200  # iterations between evaluations and checkpoints
+eval_problems = 50  # val problems per family decoded at each eval
+# data
+prompt_len = 24  # must match the teacher
+gen_len = 48  # must match the teacher; a multiple of block_size
+block_size = 16  # the student's block B
+# trajectories
+n_traj = 3000  # training prompts the teacher decodes, split evenly over the temperatures
+temperatures = '0,0.5'  # teacher sampling temperatures (the paper: {0, 0.5}; 1.0 hurts)
+topk = 8  # teacher log-probs kept per position
+traj_batch = 250  # prompts decoded at once
+# losses
+w_distill = 1.0  # distillation: KL(teacher at finalization || student at the earlier state)
+w_cons = 0.5  # consistency: KL(student at a later state || student at the earlier state)
+w_dlm = 0.1  # auxiliary masked-diffusion loss on the ground truth
+# optim
+batch_size = 64  # trajectories per iteration
+max_iters = 1000  # optimizer steps
+lr = 1e-3  # peak AdamW learning rate
+min_lr = 1e-4  # floor of the cosine decay
+warmup_iters = 50  # linear warm-up steps
+grad_clip = 1.0  # max gradient norm (0 = off)
+# evaluation
+threshold = 0.9  # the student's confidence threshold tau at evaluation
+test_problems = 500  # test problems per family in the final table (500 = all)
+latency_problems = 20  # problems timed one at a time (batch 1) for latency
+# system
+device = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
+threads = 0  # torch CPU threads, 0 = one per core
+seed = 1337  # drives trajectories, batches, masking and sampling
+config = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
+config = cdlm.configure(config, doc=__doc__)
+globals().update(config)
+# -----------------------------------------------------------------------------
+
+if gen_len % block_size:
+    cdlm.fail(f'gen_len={gen_len} is not a multiple of block_size={block_size}')
+torch.manual_seed(seed)
+torch.set_num_threads(threads or os.cpu_count())
+device = cdlm.pick_device(device)
+here = os.path.dirname(os.path.abspath(__file__))
+teacher_path, student_path, traj_path = (os.path.join(here, out_dir, f) for f in (teacher_ckpt, student_ckpt, traj_file))
+print('config:', config)
+gen = torch.Generator(device).manual_seed(seed)
+
+# 0. the teacher: train it with train_teacher.py's own code path when missing
+if not os.path.exists(teacher_path):
+    print(f'no teacher at {teacher_path}: training one with train_teacher.py first')
+    cmd = [sys.executable, os.path.join(here, 'train_teacher.py'), f'--out_dir={out_dir}', f'--ckpt_name={teacher_ckpt}',
+           f'--device={device}', f'--prompt_len={prompt_len}', f'--gen_len={gen_len}', f'--block_size={block_size}',
+           f'--seed={seed}'] + teacher_args.split()
+    if subprocess.run(cmd).returncode:
+        cdlm.fail('train_teacher.py failed; see its output above')
+teacher, teacher_meta = cdlm.load_checkpoint(teacher_path, device)
+teacher.eval()
+if teacher_meta['kind'] != 'teacher':
+    cdlm.fail(f'{teacher_path} holds a {teacher_meta["kind"]}, not a teacher')
+if teacher.args['seq_len'] != prompt_len + gen_len:
+    cdlm.fail(f'{teacher_path} was trained for prompt_len + gen_len = {teacher.args["seq_len"]}, this config asks '
+              f'for {prompt_len} + {gen_len}; pass the teacher\'s --prompt_len/--gen_len or retrain it')
+teacher_id = cdlm.fingerprint(teacher)
+print(f'teacher: {teacher_path} (iter {teacher_meta["iter_num"]}, fingerprint {teacher_id})')
+
+# 1. trajectories: the teacher decodes training prompts one token per step, at each temperature
+temps = [float(t) for t in temperatures.split(',')]
+want = dict(teacher=teacher_id, prompt_len=prompt_len, gen_len=gen_len, block_size=block_size, temperatures=temps,
+            topk=topk, count=n_traj)
+traj = torch.load(traj_path, map_location=device, weights_only=True) if os.path.exists(traj_path) else None
+if traj is not None and traj['meta'] != want:
+    diff = {k: (traj['meta'].get(k), v) for k, v in want.items() if traj['meta'].get(k) != v}
+    print(f'{traj_path} does not match this run (stored, wanted: {diff}); rebuilding it')
+    traj = None
+if traj is None:
+    x_gt, _ = cdlm.load_split('train', prompt_len, gen_len)
+    x_gt = x_gt[torch.randperm(len(x_gt), generator=torch.Generator().manual_seed(seed))[:n_traj]].to(device)
+    parts = []
+    with tqdm(total=n_traj, desc='trajectories', unit='prompt') as bar:
+        for i in range(0, n_traj, traj_batch):
+            gt = x_gt[i:i + traj_batch]
+            temp = temps[i * len(temps) // n_traj]
+            with cdlm.autocast(device):
+                out = cdlm.generate(teacher, gt[:, :prompt_len], gen_len, block_size, k=1, threshold=None,
+                                    temperature=temp, early_stop=False, generator=gen, record_topk=topk)
+            parts.append(dict(x=out['x'], step_of=out['step_of'].short(), top_idx=out['top_idx'].short(),
+                              top_logp=out['top_logp'].half(), gt=gt))
+            bar.update(len(gt))
+    traj = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    traj['meta'] = want
+    torch.save(traj, traj_path + '.tmp')
+    os.replace(traj_path + '.tmp', traj_path)
+    print(f'saved {n_traj} trajectories to {traj_path} ({os.path.getsize(traj_path) / 1e6:.1f} MB)')
+else:
+    print(f'reusing {traj_path} ({len(traj["x"])} trajectories)')
+
+# 2. the student: the teacher's weights under the block-causal mask
+iter_num = 0
+if init_from == 'resume':
+    student, meta = cdlm.load_checkpoint(student_path, device, hint='python distill.py')
+    iter_num = meta['iter_num']
+    print(f'resuming the student from {student_path} at iter {iter_num}')
+elif init_from == 'teacher':
+    student, _ = cdlm.load_checkpoint(teacher_path, device)
+else:
+    cdlm.fail(f"init_from={init_from!r}: use 'teacher' or 'resume'")
+optimizer = torch.optim.AdamW(student.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+if init_from == 'resume' and meta['optimizer']:
+    optimizer.load_state_dict(meta['optimizer'])
+_, val_problems = cdlm.load_split('val', prompt_len, gen_len)
+eval_set = [q for fam in cdlm.tasks.FAMILIES for q in [q for q in val_problems if q[2] == fam][:eval_problems]]
+
+
+def evaluate():
+    """The student's strict accuracy and mean NFE at tau with the exact cache, on a val subset."""
+    student.eval()
+    res = cdlm.evaluate(student, eval_set, prompt_len, gen_len, block_size, 'block_causal', device,
+                        use_cache=True, k=None, threshold=threshold)
+    student.train()
+    print(f'  sample: {eval_set[0][0]} -> {res["text"][0]}')
+    acc = {f'acc_{fam}': sum(s for s, q in zip(res['strict'], eval_set) if q[2] == fam) / eval_problems
+           for fam in cdlm.tasks.FAMILIES}
+    math_nfe = [n for n, q in zip(res['nfe'], eval_set) if q[2] == 'math']
+    return dict(**acc, nfe_math=sum(math_nfe) / len(math_nfe))
+
+
+def save(metrics):
+    cdlm.save_checkpoint(student_path, student, 'student', config, iter_num, metrics, optimizer)
+    print(f'saved {student_path}')
+
+
+metrics, t0, t_start = {}, time.time(), time.time()
+student.train()
+try:
+    while iter_num < max_iters:
+        for group in optimizer.param_groups:
+            group['lr'] = cdlm.cosine_lr(iter_num, lr, min_lr, warmup_iters, max_iters)
+        idx = torch.randint(len(traj['x']), (batch_size,), generator=gen, device=device)
+        batch = {k: v[idx] for k, v in traj.items() if k != 'meta'}
+        with cdlm.autocast(device):
+            losses = cdlm.cdlm_losses(student, batch, prompt_len, block_size, w_cons, w_dlm, gen)
+        loss = w_distill * losses['loss_distill'] + w_cons * losses['loss_cons'] + w_dlm * losses['loss_dlm']
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
+        optimizer.step()
+        iter_num += 1
+        if iter_num % 20 == 0:
+            cdlm.synchronize(device)
+            dt, t0 = (time.time() - t0) / 20, time.time()
+            print(f'iter {iter_num}: loss {loss.item():.4f} (distill {losses["loss_distill"].item():.4f}, '
+                  f'cons {losses["loss_cons"].item():.4f}, dlm {losses["loss_dlm"].item():.4f}) {dt * 1000:.0f}ms')
+        if iter_num % eval_interval == 0 or iter_num == max_iters:
+            metrics = evaluate()
+            print(f'eval {iter_num}: ' + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items())
+                  + f', {(time.time() - t_start) / 60:.1f} min')
+            save(metrics)
+            t0 = time.time()
+except KeyboardInterrupt:
+    print(f'\ninterrupted at iter {iter_num}')
+    save(metrics)
+    sys.exit(130)
+
+# 3. teacher vs student on the test split
+student.eval()
+test = cdlm.tasks.build_splits()['test']
+test = [q for fam in cdlm.tasks.FAMILIES for q in [q for q in test if q[2] == fam][:test_problems]]
+enc = cdlm.get_tokenizer()
+rows = [('teacher, 1 token/step', teacher, 'bidirectional', dict(k=1, threshold=None, early_stop=False)),
+        (f'teacher, threshold {threshold}', teacher, 'bidirectional', dict(k=None, threshold=threshold)),
+        (f'student, threshold {threshold}, cached', student, 'block_causal',
+         dict(k=None, threshold=threshold, use_cache=True))]
+print(f'\n| {"decoding":34s} | math acc | code acc | math NFE | tokens/step | latency/problem |')
+print(f'|{"-" * 36}|----------|----------|----------|-------------|-----------------|')
+for name, model, attn, rule in rows:
+    res = cdlm.evaluate(model, test, prompt_len, gen_len, block_size, attn, device, **rule)
+    fam = [q[2] for q in test]
+    acc = {f: sum(s for s, g in zip(res['strict'], fam) if g == f) / fam.count(f) for f in cdlm.tasks.FAMILIES}
+    nfe = [n for n, g in zip(res['nfe'], fam) if g == 'math']
+    n_tok = sum(min(len(enc.encode_ordinary(t)) + 1, gen_len) for t in res['text'])  # answers and their EOS
+    timed = test[::max(1, len(test) // latency_problems)][:latency_problems]
+    cdlm.synchronize(device)
+    t0 = time.perf_counter()
+    for q in timed:  # batch 1: what one request costs
+        cdlm.evaluate(model, [q], prompt_len, gen_len, block_size, attn, device, **rule)
+    cdlm.synchronize(device)
+    latency = (time.perf_counter() - t0) / len(timed)
+    print(f'| {name:34s} | {acc["math"]:8.1%} | {acc["code"]:8.1%} | {sum(nfe) / len(nfe):8.2f} | '
+          f'{n_tok / sum(res["nfe"]):11.2f} | {latency * 1000:12.1f} ms |')
+print(f'done in {(time.time() - t_start) / 60:.1f} min')

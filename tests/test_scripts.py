@@ -1,0 +1,78 @@
+"""Smoke runs of the scripts with tiny overrides, and their one-line errors on bad input."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import cdlm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ['--n_layer=1', '--d_model=32', '--batch_size=16', '--eval_problems=2', '--threads=1']
+
+
+def run(script, *args, ok=True):
+    res = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True,
+                         timeout=300)
+    assert (res.returncode == 0) == ok, f'exit {res.returncode}\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}'
+    return res
+
+
+@pytest.fixture(scope='module')
+def teacher_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp('out')
+    run('train_teacher.py', f'--out_dir={out}', '--max_iters=6', '--eval_interval=3', *TINY)
+    return out
+
+
+def test_train_teacher_writes_a_checkpoint_and_resumes(teacher_dir):
+    ckpt = torch.load(teacher_dir / 'teacher.pt', weights_only=True)
+    assert ckpt['kind'] == 'teacher' and ckpt['iter_num'] == 6 and ckpt['config']['n_layer'] == 1
+    assert ckpt['mask_id'] == cdlm.MASK_ID and set(ckpt['metrics']) >= {'val_loss', 'acc_math', 'acc_code'}
+    res = run('train_teacher.py', f'--out_dir={teacher_dir}', '--ckpt_name=teacher.pt', '--init_from=resume',
+              '--max_iters=9', '--eval_interval=3', *TINY)
+    assert 'resuming from' in res.stdout and torch.load(teacher_dir / 'teacher.pt', weights_only=True)['iter_num'] == 9
+
+
+def test_sample_shows_the_denoising(teacher_dir):
+    res = run('sample.py', f'--ckpt={teacher_dir}/teacher.pt', '--prompt=12+34=', '--show', '--k=1')
+    nfe = int(res.stdout.split('nfe ')[1].split(',')[0])
+    assert f'step {nfe:2d} ' in res.stdout and f'step {nfe + 1:2d} ' not in res.stdout and '^' in res.stdout
+
+
+def test_distill_end_to_end(teacher_dir):
+    args = [f'--out_dir={teacher_dir}', '--n_traj=16', '--traj_batch=8', '--max_iters=4', '--eval_interval=2',
+            '--eval_problems=2', '--batch_size=4', '--test_problems=2', '--latency_problems=1', '--threads=1']
+    res = run('distill.py', *args)
+    assert 'saved 16 trajectories' in res.stdout and '| student, threshold 0.9, cached' in res.stdout
+    student, ckpt = cdlm.load_checkpoint(str(teacher_dir / 'student.pt'))
+    assert ckpt['kind'] == 'student' and ckpt['iter_num'] == 4
+    res = run('distill.py', *args, '--w_cons=0', '--max_iters=2')
+    assert 'reusing' in res.stdout and 'cons 0.0000' not in res.stdout.split('reusing')[0]
+    res = run('distill.py', *args, '--topk=4', '--max_iters=2')
+    assert 'does not match this run' in res.stdout  # trajectories from another setting are rebuilt, with a reason
+
+
+@pytest.mark.parametrize('script,args,message', [
+    ('train_teacher.py', ['--nope=1'], "unknown config key 'nope'; valid keys: out_dir"),
+    ('train_teacher.py', ['--max_iters=ten'], '--max_iters=ten: expected a int'),
+    ('train_teacher.py', ['--gen_len=50'], 'not a multiple of block_size'),
+    ('distill.py', ['--gen_len=50'], 'not a multiple of block_size'),
+    ('sample.py', ['--ckpt=/nonexistent/teacher.pt'], 'create it with `python distill.py`'),
+])
+def test_bad_input_is_one_line(script, args, message):
+    res = run(script, *args, ok=False)
+    assert message in res.stderr and 'Traceback' not in res.stderr, res.stderr
+
+
+def test_bad_input_with_a_checkpoint(teacher_dir):
+    res = run('sample.py', f'--ckpt={teacher_dir}/teacher.pt', '--prompt=' + '1' * 30 + '+1=', ok=False)
+    assert 'longer than' in res.stderr and 'Traceback' not in res.stderr
+    res = run('distill.py', f'--out_dir={teacher_dir}', '--prompt_len=20', ok=False)
+    assert 'prompt_len + gen_len' in res.stderr and 'Traceback' not in res.stderr
+
+
+def test_help_lists_defaults():
+    res = run('distill.py', '--help')
+    assert '--w_cons=0.5' in res.stdout and '--block_size=16' in res.stdout
