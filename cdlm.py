@@ -521,6 +521,22 @@ def evaluate(model, problems, prompt_len, gen_len, block_size, attn, device, bat
     return out
 
 
+def summarize(res, problems, gen_len, block_size):
+    """Per-family figures for a decode from `evaluate`: strict and answer-only accuracy, mean NFE, NFE per decoded
+    block (blocks up to the one holding the first EOS; a fully predictable task needs 1.0), and tokens per step
+    (the answer's tokens and its EOS per forward pass: padding after the EOS is not counted as work)."""
+    enc, out = get_tokenizer(), {}
+    for fam in sorted({q[2] for q in problems}):
+        idx = [i for i, q in enumerate(problems) if q[2] == fam]
+        n_tok = [min(len(enc.encode_ordinary(res['text'][i])) + 1, gen_len) for i in idx]
+        nfe = sum(res['nfe'][i] for i in idx)
+        out[fam] = dict(acc=sum(res['strict'][i] for i in idx) / len(idx),
+                        answer_acc=sum(res['answer'][i] for i in idx) / len(idx), nfe=nfe / len(idx),
+                        nfe_per_block=nfe / sum(math.ceil(n / block_size) for n in n_tok),
+                        tokens_per_step=sum(n_tok) / nfe)
+    return out
+
+
 # -----------------------------------------------------------------------------
 # checkpoints: plain dicts that load with torch.load(weights_only=True), written atomically
 

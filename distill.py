@@ -147,10 +147,8 @@ def evaluate():
                         use_cache=True, k=None, threshold=threshold)
     student.train()
     print(f'  sample: {eval_set[0][0]} -> {res["text"][0]}')
-    acc = {f'acc_{fam}': sum(s for s, q in zip(res['strict'], eval_set) if q[2] == fam) / eval_problems
-           for fam in cdlm.tasks.FAMILIES}
-    math_nfe = [n for n, q in zip(res['nfe'], eval_set) if q[2] == 'math']
-    return dict(**acc, nfe_math=sum(math_nfe) / len(math_nfe))
+    f = cdlm.summarize(res, eval_set, gen_len, block_size)
+    return dict(acc_math=f['math']['acc'], acc_code=f['code']['acc'], nfe_math=f['math']['nfe'])
 
 
 def save(metrics):
@@ -195,19 +193,15 @@ except KeyboardInterrupt:
 student.eval()
 test = cdlm.tasks.build_splits()['test']
 test = [q for fam in cdlm.tasks.FAMILIES for q in [q for q in test if q[2] == fam][:test_problems]]
-enc = cdlm.get_tokenizer()
 rows = [('teacher, 1 token/step', teacher, 'bidirectional', dict(k=1, threshold=None, early_stop=False)),
         (f'teacher, threshold {threshold}', teacher, 'bidirectional', dict(k=None, threshold=threshold)),
         (f'student, threshold {threshold}, cached', student, 'block_causal',
          dict(k=None, threshold=threshold, use_cache=True))]
-print(f'\n| {"decoding":34s} | math acc | code acc | math NFE | tokens/step | latency/problem |')
-print(f'|{"-" * 36}|----------|----------|----------|-------------|-----------------|')
+print(f'\n| {"decoding":34s} | math acc | code acc | math NFE | math tokens/step | latency/problem |')
+print(f'|{"-" * 36}|----------|----------|----------|------------------|-----------------|')
 for name, model, attn, rule in rows:
     res = cdlm.evaluate(model, test, prompt_len, gen_len, block_size, attn, device, **rule)
-    fam = [q[2] for q in test]
-    acc = {f: sum(s for s, g in zip(res['strict'], fam) if g == f) / fam.count(f) for f in cdlm.tasks.FAMILIES}
-    nfe = [n for n, g in zip(res['nfe'], fam) if g == 'math']
-    n_tok = sum(min(len(enc.encode_ordinary(t)) + 1, gen_len) for t in res['text'])  # answers and their EOS
+    f = cdlm.summarize(res, test, gen_len, block_size)
     timed = test[::max(1, len(test) // latency_problems)][:latency_problems]
     cdlm.synchronize(device)
     t0 = time.perf_counter()
@@ -215,6 +209,6 @@ for name, model, attn, rule in rows:
         cdlm.evaluate(model, [q], prompt_len, gen_len, block_size, attn, device, **rule)
     cdlm.synchronize(device)
     latency = (time.perf_counter() - t0) / len(timed)
-    print(f'| {name:34s} | {acc["math"]:8.1%} | {acc["code"]:8.1%} | {sum(nfe) / len(nfe):8.2f} | '
-          f'{n_tok / sum(res["nfe"]):11.2f} | {latency * 1000:12.1f} ms |')
+    print(f'| {name:34s} | {f["math"]["acc"]:8.1%} | {f["code"]["acc"]:8.1%} | {f["math"]["nfe"]:8.2f} | '
+          f'{f["math"]["tokens_per_step"]:16.2f} | {latency * 1000:12.1f} ms |')
 print(f'done in {(time.time() - t_start) / 60:.1f} min')

@@ -57,7 +57,7 @@ print(f'{kind} from {ckpt} (iter {meta["iter_num"]}), block_size {block_size}, c
 
 enc = cdlm.get_tokenizer()
 if prompt:
-    problems = [(prompt, None, None)]
+    problems = [(cdlm.tasks.normalize(prompt), None, None)]
 else:
     test = cdlm.tasks.build_splits()['test']
     rng = torch.Generator().manual_seed(seed)

@@ -20,8 +20,9 @@ import cdlm
 out_dir = 'out'  # checkpoints go here
 ckpt_name = 'teacher.pt'  # file name inside out_dir
 init_from = 'scratch'  # 'scratch' or 'resume'
-eval_interval = 500  # iterations between evaluations and checkpoints
+eval_interval = 1000  # iterations between evaluations and checkpoints
 eval_problems = 50  # val problems per family decoded at each eval (one token per step)
+final_report = True  # at the end, decode the whole test split with three rules and print the figures
 # data
 prompt_len = 24  # every prompt is left-padded to this many tokens
 gen_len = 48  # response length L, EOS-padded; a multiple of block_size
@@ -31,11 +32,11 @@ n_layer = 4  # transformer blocks
 n_head = 4  # attention heads
 d_model = 128  # width
 # optim
-batch_size = 128  # sequences per iteration
-max_iters = 4000  # optimizer steps: the schedule is by steps, never by wall-clock
-lr = 3e-3  # peak AdamW learning rate
+batch_size = 32  # sequences per iteration (small batches learn more per example here)
+max_iters = 8000  # optimizer steps: the schedule is by steps, never by wall-clock
+lr = 2e-3  # peak AdamW learning rate
 min_lr = 1e-4  # floor of the cosine decay
-warmup_iters = 100  # linear warm-up steps
+warmup_iters = 200  # linear warm-up steps
 weight_decay = 0.0  # AdamW weight decay
 grad_clip = 1.0  # max gradient norm (0 = off)
 # system
@@ -142,3 +143,16 @@ except KeyboardInterrupt:
     print(f'\ninterrupted at iter {iter_num}')
     save(metrics)
 print(f'done: {iter_num} iters in {(time.time() - t_start) / 60:.1f} min')
+
+# how hard is parallel decoding for this teacher? the whole test split, three decoding rules
+if final_report:
+    model.eval()
+    test = cdlm.tasks.build_splits()['test']
+    print('test split:           family  strict  answer-only  NFE    NFE/block  tokens/step')
+    for name, rule in [('1 token/step', dict(k=1, threshold=None, early_stop=False)),
+                       ('4 tokens/step', dict(k=4, threshold=None, early_stop=False)),
+                       ('threshold 0.9', dict(k=None, threshold=0.9))]:
+        res = cdlm.evaluate(model, test, prompt_len, gen_len, block_size, 'bidirectional', device, **rule)
+        for fam, f in cdlm.summarize(res, test, gen_len, block_size).items():
+            print(f'teacher {name:13s} {fam:6s} {f["acc"]:6.1%}  {f["answer_acc"]:11.1%}  {f["nfe"]:5.2f}  '
+                  f'{f["nfe_per_block"]:9.2f}  {f["tokens_per_step"]:11.2f}')

@@ -1,8 +1,8 @@
 """
 The toy corpus: two task families with exactly checkable answers, in the roles GSM8K-CoT and MBPP play in the CDLM paper.
 
-    math  `347+285=`                  -> `5+7+0=12|4+8+1=13|3+2+1=06|#### 632`
-    code  `a=4;b=a+3;c=b*a;print(c)`  -> `b=4+3=7;c=7*4=28;#### 28`
+    math  ` 347+ 285=`                -> `5+7+0=12|4+8+1=13|3+2+1=06|#### 632`
+    code  `a=4;b=a+3;c=b*a;print(c)`  -> `b=04+03=07;c=07*04=28;#### 28`
 
 Every response is one phrasing drawn uniformly from a small set of valid ones: inside each chain-of-thought step the
 operands of a commutative pair come in either order, and one separator from SEPS is chosen per response and used
@@ -24,12 +24,13 @@ N_TEST, N_VAL, N_TRAIN = 500, 200, 20000  # problems per family in each split
 
 
 def math_problem(rng):
-    """Addition or subtraction of two numbers of 2-4 digits each; subtraction keeps the result non-negative."""
+    """Addition or subtraction of two numbers of 2-4 digits each; subtraction keeps the result non-negative.
+    Operands are right-aligned in 4-character fields, like a sum written in columns: `  89+1234=`."""
     a, b = (rng.randint(10 ** (n - 1), 10 ** n - 1) for n in (rng.randint(2, 4), rng.randint(2, 4)))
     op = rng.choice('+-')
     if op == '-' and a < b:
         a, b = b, a
-    return f'{a}{op}{b}='
+    return f'{a:4d}{op}{b:4d}='
 
 
 def code_problem(rng):
@@ -49,7 +50,7 @@ def code_problem(rng):
 
 def phrasings(prompt):
     """All valid responses to a prompt (without the EOS padding). The strict checker is membership in this set."""
-    if m := re.fullmatch(r'(\d+)([+-])(\d+)=', prompt):
+    if m := re.fullmatch(r' *(\d+)([+-]) *(\d+)=', prompt):
         steps, answer = math_steps(int(m[1]), m[2], int(m[3]))
     elif m := re.fullmatch(r'a=(\d);b=([abc\d+*-]+);c=([abc\d+*-]+);print\(([bc])\)', prompt):
         steps, answer = code_steps(m[1], m[2], m[3], m[4])
@@ -77,15 +78,23 @@ def math_steps(a, op, b):
 
 
 def code_steps(a, expr_b, expr_c, target):
-    """One step per assignment after `a`: name=value op value=result; + and * operands in either order."""
+    """One step per assignment after `a`: name=value op value=result, every value in a two-digit field so each step
+    has the same width; + and * operands in either order."""
     env, steps = {'a': int(a)}, []
     for name, expr in (('b', expr_b), ('c', expr_c)):
         left, op, right = re.fullmatch(r'([abc\d])([+*-])([abc\d])', expr).groups()
         u, v = (str(env[t]) if t in env else t for t in (left, right))
         env[name] = eval(f'{u}{op}{v}')  # noqa: S307, digits and + - * only
         pairs = {(u, v), (v, u)} if op in '+*' else {(u, v)}
-        steps.append({f'{name}={p}{op}{q}={env[name]}' for p, q in pairs})
+        steps.append({f'{name}={int(p):02d}{op}{int(q):02d}={env[name]:02d}' for p, q in pairs})
     return steps, env[target]
+
+
+def normalize(prompt):
+    """Put a math prompt typed by hand (`347+285=`) into the corpus layout (` 347+ 285=`); others are unchanged."""
+    if m := re.fullmatch(r' *(\d{1,4}) *([+-]) *(\d{1,4}) *=?', prompt):
+        return f'{int(m[1]):4d}{m[2]}{int(m[3]):4d}='
+    return prompt
 
 
 def check(prompt, response):

@@ -6,7 +6,6 @@ import cdlm
 
 
 def pytest_configure(config):
-    config.addinivalue_line('markers', 'slow: longer checks, run with `-m slow`')
     torch.set_num_threads(2)
 
 

@@ -22,7 +22,7 @@ def run(script, *args, ok=True):
 @pytest.fixture(scope='module')
 def teacher_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp('out')
-    run('train_teacher.py', f'--out_dir={out}', '--max_iters=6', '--eval_interval=3', *TINY)
+    run('train_teacher.py', f'--out_dir={out}', '--max_iters=6', '--eval_interval=3', '--final_report=0', *TINY)
     return out
 
 
@@ -32,7 +32,7 @@ def test_train_teacher_writes_a_checkpoint_and_resumes(teacher_dir):
     assert ckpt['mask_id'] == cdlm.MASK_ID and set(ckpt['metrics']) >= {'val_loss', 'acc_math', 'acc_code'}
     res = run('train_teacher.py', f'--out_dir={teacher_dir}', '--ckpt_name=teacher.pt', '--init_from=resume',
               '--max_iters=9', '--eval_interval=3', *TINY)
-    assert 'resuming from' in res.stdout and torch.load(teacher_dir / 'teacher.pt', weights_only=True)['iter_num'] == 9
+    assert 'resuming from' in res.stdout and 'teacher threshold 0.9   math' in res.stdout and torch.load(teacher_dir / 'teacher.pt', weights_only=True)['iter_num'] == 9
 
 
 def test_sample_shows_the_denoising(teacher_dir):
