@@ -32,14 +32,18 @@ def fail(msg):
     raise SystemExit(f'error: {msg}')
 
 
-def configure(config, argv=None, doc=''):
-    """Apply `--key=value` overrides to a dict of defaults and return it. `--help` prints the defaults.
+def configure(scope, argv=None, doc=''):
+    """Apply `--key=value` overrides to the config in `scope` (a script's globals(), or any dict) and return the config.
 
+    The config is every entry whose name has no leading underscore and whose value is an int, float, bool, str or None.
     Values are coerced to the type of the default (int -> float is fine, `None` is allowed for any key, a bare
-    `--flag` sets a boolean); an unknown key or a value of the wrong type stops with a one-line error.
-    >>> configure({'lr': 1e-3, 'compile': False}, ['--lr=3e-4', '--compile=true'])
+    `--flag` sets a boolean); an unknown key or a value of the wrong type stops with a one-line error; `--help` prints
+    the defaults. `scope` is updated in place, so a script's globals take the new values.
+    >>> configure({'lr': 1e-3, 'compile': False}, ['--lr=3e-4', '--compile'])
     {'lr': 0.0003, 'compile': True}
     """
+    config = {k: v for k, v in scope.items()
+              if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))}
     for arg in sys.argv[1:] if argv is None else argv:
         if arg in ('-h', '--help'):
             print(doc.strip() + '\n\nconfig (override with --key=value):')
@@ -54,6 +58,7 @@ def configure(config, argv=None, doc=''):
         if key not in config:
             fail(f'unknown config key {key!r}; valid keys: {", ".join(config)}')
         config[key] = _coerce(key, val, config[key])
+    scope.update(config)
     return config
 
 
@@ -170,10 +175,13 @@ def attention_mask(kind, seq_len, prompt_len=None, block_size=None, device=None)
              0 [ 1 1 1 1 0 0 ]
              1 [ 1 1 1 1 1 1 ]
              1 [ 1 1 1 1 1 1 ]
+    causal: k <= q, the plain GPT mask, for the autoregressive baseline in bench.py.
     There are no defaults for prompt_len and block_size: a silently wrong block size is a classic bug.
     """
     if kind == 'bidirectional':
         return torch.ones(seq_len, seq_len, dtype=torch.bool, device=device)
+    if kind == 'causal':
+        return torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
     if kind != 'block_causal':
         raise ValueError(f'unknown attention kind {kind!r}')
     if prompt_len is None or block_size is None:
@@ -402,6 +410,32 @@ def generate(model, prompt, gen_len, block_size, attn='bidirectional', use_cache
     return dict(x=x, nfe=nfe, step_of=step_of, top_idx=top_idx, top_logp=top_logp)
 
 
+@torch.no_grad()
+def generate_ar(model, prompt, gen_len, use_cache=True, early_stop=True):
+    """Greedy next-token decoding of a causal model (the same-size autoregressive baseline of bench.py). Here the
+    logits at position i predict token i+1, as in any GPT. One forward pass per token; with the cache each pass runs
+    on the newest token alone. Returns a dict like generate: x (B, P+L), nfe (B,)."""
+    B, P = prompt.shape
+    T, dev = P + gen_len, prompt.device
+    mask = attention_mask('causal', T, device=dev)
+    cache = KVCache(model, B, T, dev, next(model.parameters()).dtype) if use_cache else None
+    x = torch.cat([prompt, torch.full((B, gen_len), EOS_ID, device=dev)], dim=1)
+    nfe = torch.zeros(B, dtype=torch.long, device=dev)
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
+    for i in range(P, T):
+        if cache is None:
+            logits = model(x[:, :i], mask[:i, :i])[:, -1]
+        else:
+            c = len(cache)
+            logits = model(x[:, c:i], mask[c:i, :i], cache, commit=i - c)[:, -1]
+        nfe += ~done
+        x[:, i] = torch.where(done, EOS_ID, logits.argmax(-1))
+        done |= x[:, i] == EOS_ID
+        if early_stop and done.all():
+            break
+    return dict(x=x, nfe=nfe)
+
+
 # -----------------------------------------------------------------------------
 # trajectories (CDLM sec. 2) and the student's three losses (sec. 4)
 #
@@ -502,6 +536,7 @@ def cdlm_losses(model, batch, prompt_len, block_size, w_cons=0.5, w_dlm=0.1, gen
 
 def evaluate(model, problems, prompt_len, gen_len, block_size, attn, device, batch_size=100, **decode_kw):
     """Decode problems (prompt, response, family) and score them with the strict checker (data/tasks.py).
+    attn 'causal' decodes an autoregressive model with generate_ar, anything else uses generate.
     Returns per-problem lists: strict, answer_only, nfe, and the response texts."""
     enc = get_tokenizer()
     out = dict(strict=[], answer=[], nfe=[], text=[])
@@ -510,7 +545,10 @@ def evaluate(model, problems, prompt_len, gen_len, block_size, attn, device, bat
         prompt = torch.tensor([encode_example(enc, p, '', prompt_len, gen_len)[:prompt_len] for p, _, _ in chunk],
                               device=device)
         with autocast(device):
-            res = generate(model, prompt, gen_len, block_size, attn=attn, **decode_kw)
+            if attn == 'causal':
+                res = generate_ar(model, prompt, gen_len, **decode_kw)
+            else:
+                res = generate(model, prompt, gen_len, block_size, attn=attn, **decode_kw)
         for (p, _, _), row, n in zip(chunk, res['x'][:, prompt_len:], res['nfe'].tolist()):
             text = decode_response(enc, row)
             strict, answer = tasks.check(p, text)

@@ -59,9 +59,7 @@ latency_problems = 20  # problems timed one at a time (batch 1) for latency
 device = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
 threads = 0  # torch CPU threads, 0 = one per core
 seed = 1337  # drives trajectories, batches, masking and sampling
-config = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
-config = cdlm.configure(config, doc=__doc__)
-globals().update(config)
+config = cdlm.configure(globals(), doc=__doc__)  # --key=value overrides; --help lists them
 # -----------------------------------------------------------------------------
 
 if gen_len % block_size:

@@ -29,9 +29,7 @@ show = False  # animate each step: masks as a placeholder, new tokens highlighte
 delay = 0.2  # seconds per frame with --show on a terminal
 device = 'cpu'  # 'auto', 'cpu', 'cuda', 'mps'
 seed = 1337  # drives sampling at temperature > 0 and which test problems are shown
-config = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
-config = cdlm.configure(config, doc=__doc__)
-globals().update(config)
+config = cdlm.configure(globals(), doc=__doc__)  # --key=value overrides; --help lists them
 # -----------------------------------------------------------------------------
 
 torch.manual_seed(seed)

@@ -12,6 +12,7 @@ import os
 import time
 
 import torch
+import torch.nn.functional as F
 
 import cdlm
 
@@ -20,6 +21,7 @@ import cdlm
 out_dir = 'out'  # checkpoints go here
 ckpt_name = 'teacher.pt'  # file name inside out_dir
 init_from = 'scratch'  # 'scratch' or 'resume'
+objective = 'mdm'  # 'mdm': the masked-diffusion teacher; 'ar': a same-size autoregressive baseline (for bench.py)
 eval_interval = 1000  # iterations between evaluations and checkpoints
 eval_problems = 50  # val problems per family decoded at each eval (one token per step)
 final_report = True  # at the end, decode the whole test split with three rules and print the figures
@@ -44,9 +46,7 @@ device = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
 threads = 0  # torch CPU threads, 0 = one per core
 compile = False  # torch.compile the model
 seed = 1337  # drives init, batches and masking
-config = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
-config = cdlm.configure(config, doc=__doc__)
-globals().update(config)
+config = cdlm.configure(globals(), doc=__doc__)  # --key=value overrides; --help lists them
 # -----------------------------------------------------------------------------
 
 if gen_len % block_size:
@@ -85,9 +85,17 @@ if init_from == 'resume' and ckpt['optimizer']:
 train_model = torch.compile(model) if compile else model
 gen = torch.Generator(device).manual_seed(seed + iter_num)  # batches and masks; offset so a resume draws new ones
 response = torch.arange(x_train.shape[1], device=device) >= prompt_len  # maskable positions: the response only
+causal = cdlm.attention_mask('causal', x_train.shape[1] - 1, device=device)
+if objective not in ('mdm', 'ar'):
+    cdlm.fail(f"objective={objective!r}: use 'mdm' or 'ar'")
+kind, attn = ('teacher', 'bidirectional') if objective == 'mdm' else ('ar', 'causal')
 
 
 def loss_on(x0, t):
+    if objective == 'ar':  # next-token cross-entropy on the response under the causal mask
+        with cdlm.autocast(device):
+            logits = train_model(x0[:, :-1], causal)  # (B, T-1, V-1): position i predicts token i+1
+        return F.cross_entropy(logits[:, prompt_len - 1:].flatten(0, 1).float(), x0[:, prompt_len:].flatten())
     xt, hidden = cdlm.mask_tokens(x0, response, t, gen)
     with cdlm.autocast(device):
         logits = train_model(xt)  # (B, T, V-1), full bidirectional attention
@@ -101,8 +109,8 @@ def evaluate():
     t = torch.linspace(0.05, 1.0, len(x_val), device=device)
     val_loss = sum(loss_on(x_val[i:i + 200], t[i:i + 200]).item() * len(t[i:i + 200])
                    for i in range(0, len(x_val), 200)) / len(x_val)
-    res = cdlm.evaluate(model, eval_set, prompt_len, gen_len, block_size, 'bidirectional', device, k=1,
-                        threshold=None, early_stop=False)
+    rule = dict(k=1, threshold=None, early_stop=False) if objective == 'mdm' else {}
+    res = cdlm.evaluate(model, eval_set, prompt_len, gen_len, block_size, attn, device, **rule)
     model.train()
     acc = {fam: sum(s for s, q in zip(res['strict'], eval_set) if q[2] == fam) / eval_problems
            for fam in cdlm.tasks.FAMILIES}
@@ -111,7 +119,7 @@ def evaluate():
 
 
 def save(metrics):
-    cdlm.save_checkpoint(out_path, model, 'teacher', config, iter_num, metrics, optimizer)
+    cdlm.save_checkpoint(out_path, model, kind, config, iter_num, metrics, optimizer)
     print(f'saved {out_path}')
 
 
@@ -145,7 +153,7 @@ except KeyboardInterrupt:
 print(f'done: {iter_num} iters in {(time.time() - t_start) / 60:.1f} min')
 
 # how hard is parallel decoding for this teacher? the whole test split, three decoding rules
-if final_report:
+if final_report and objective == 'mdm':
     model.eval()
     test = cdlm.tasks.build_splits()['test']
     print('test split:           family  strict  answer-only  NFE    NFE/block  tokens/step')

@@ -84,3 +84,33 @@ def test_consistency_is_zero_when_y_equals_y_prime_and_positive_otherwise(tiny_m
     assert cdlm.kl_loss(logits.softmax(-1).detach(), logits, sel).abs() < 1e-6
     later = tiny_model(cdlm.trajectory_state(batch['x'], batch['step_of'].long(), 4, torch.full((4,), 3)))
     assert cdlm.kl_loss(later.softmax(-1).detach(), logits, sel) > 0
+
+
+def test_load_split_rows_decode_back_to_the_problems():
+    x0, problems = cdlm.load_split('val', 24, 48)
+    enc = cdlm.get_tokenizer()
+    assert x0.shape == (400, 72) and len(problems) == 400
+    for row, (p, r, _) in zip(x0[:50], problems[:50]):
+        assert enc.decode([t for t in row[:24].tolist() if t != cdlm.EOS_ID]) == p
+        assert cdlm.decode_response(enc, row[24:]) == r
+
+
+def test_evaluate_scores_what_generate_wrote(tiny_model):
+    problems = cdlm.tasks.build_splits()['val'][:2] + cdlm.tasks.build_splits()['val'][-2:]
+    model = cdlm.Transformer(seq_len=72, n_layer=1, n_head=2, d_model=16).eval()
+    res = cdlm.evaluate(model, problems, 24, 48, 16, 'bidirectional', 'cpu', batch_size=3, k=8, threshold=None,
+                        early_stop=False)
+    assert len(res['text']) == 4 and res['strict'] == [False] * 4 and res['nfe'] == [6] * 4
+    enc = cdlm.get_tokenizer()
+    prompt = torch.tensor([cdlm.encode_example(enc, p, '', 24, 48)[:24] for p, _, _ in problems])
+    out = cdlm.generate(model, prompt, 48, 16, k=8, threshold=None, early_stop=False)
+    assert res['text'] == [cdlm.decode_response(enc, row) for row in out['x'][:, 24:]]
+
+
+def test_summarize_by_hand():
+    problems = [('p', 'r', 'math'), ('p', 'r', 'math'), ('p', 'r', 'code')]
+    res = dict(strict=[True, False, True], answer=[True, True, False], nfe=[4, 2, 3], text=['12345', '1', 'abc'])
+    f = cdlm.summarize(res, problems, gen_len=48, block_size=4)
+    # math: tokens 6 and 2 (EOS included) -> blocks 2 and 1; 6 NFE over 3 blocks; 8 tokens over 6 NFE
+    assert f['math'] == dict(acc=0.5, answer_acc=1.0, nfe=3.0, nfe_per_block=2.0, tokens_per_step=8 / 6)
+    assert f['code']['acc'] == 1.0 and f['code']['tokens_per_step'] == 4 / 3

@@ -137,3 +137,17 @@ def test_kv_cache_is_exact_over_random_draws():
 @pytest.mark.slow
 def test_kv_cache_is_exact_on_a_default_sized_model():
     exactness_sweep(100, seq_len=72, n_layer=4, d_model=128, seed=1)
+
+
+def test_autoregressive_decoding_with_and_without_cache(tiny_model):
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, 256, (3, 5), generator=g)
+    a = cdlm.generate_ar(tiny_model, prompt, 10, use_cache=False, early_stop=False)
+    b = cdlm.generate_ar(tiny_model, prompt, 10, use_cache=True, early_stop=False)
+    assert torch.equal(a['x'], b['x']) and (a['nfe'] == 10).all()
+    x = prompt.clone()  # reference: recompute everything and take the last position's argmax
+    for _ in range(10):
+        mask = cdlm.attention_mask('causal', x.shape[1])
+        x = torch.cat([x, tiny_model(x, mask)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    done = (x[:, 5:] == cdlm.EOS_ID).cumsum(-1) > 0  # after an EOS the baseline writes EOS
+    assert torch.equal(torch.where(done, cdlm.EOS_ID, x[:, 5:]), a['x'][:, 5:])

@@ -17,6 +17,7 @@ def test_block_causal_mask_by_hand():
     got = cdlm.attention_mask('block_causal', 7, prompt_len=2, block_size=2)
     assert torch.equal(got, want), f'\n{got.int()}'
     assert cdlm.attention_mask('bidirectional', 3).all()
+    assert torch.equal(cdlm.attention_mask('causal', 3), torch.tensor([[1, 0, 0], [1, 1, 0], [1, 1, 1]]).bool())
 
 
 def test_block_size_one_is_causal_over_the_response():

@@ -76,3 +76,15 @@ def test_bad_input_with_a_checkpoint(teacher_dir):
 def test_help_lists_defaults():
     res = run('distill.py', '--help')
     assert '--w_cons=0.5' in res.stdout and '--block_size=16' in res.stdout
+
+
+def test_bench_quick_reports_every_row_and_column(tmp_path):
+    import json
+    run('bench.py', '--quick', f'--json={tmp_path}/bench.json', '--threads=1', '--repeats=1')
+    res = json.loads((tmp_path / 'bench.json').read_text())
+    assert len(res['rows']) == 6 and len(res['cache_scaling']) == 4 and len(res['arithmetic_intensity']) == 4
+    for name, row in res['rows'].items():
+        assert {'acc_math', 'acc_code', 'nfe_math', 'tokens_per_step', 'latency_s', 'tokens_per_s', 'speedup'} <= set(
+            row), name
+    assert res['rows']['student, cached']['match'] is True
+    assert res['device'] == 'cpu' and res['torch'] == torch.__version__

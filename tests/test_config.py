@@ -1,0 +1,73 @@
+"""The --key=value parser, device helpers and checkpoints: coercions, clear errors, atomic weights_only files."""
+import os
+
+import pytest
+import torch
+
+import cdlm
+
+
+def test_configure_coerces_and_updates_scope():
+    scope = {'lr': 1e-3, 'n': 3, 'flag': False, 'name': 'a', 'opt': None, '_private': 1, 'module': os}
+    config = cdlm.configure(scope, ['--lr=2', '--n=4', '--flag', '--name=b', '--opt=0.5'])
+    assert config == {'lr': 2.0, 'n': 4, 'flag': True, 'name': 'b', 'opt': 0.5}
+    assert isinstance(config['lr'], float) and scope['n'] == 4 and scope['_private'] == 1
+    assert cdlm.configure({'n': 3}, ['--n=None'])['n'] is None
+    assert cdlm.configure({'flag': True}, ['--flag=false'])['flag'] is False
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--nope=1'], "unknown config key 'nope'; valid keys: lr, n"),
+    (['--n=1.5'], '--n=1.5: expected a int'),
+    (['--lr=fast'], '--lr=fast: expected a float'),
+    (['lr=1'], "bad argument 'lr=1'"),
+])
+def test_configure_rejects_bad_input(argv, message):
+    with pytest.raises(SystemExit, match=message):
+        cdlm.configure({'lr': 1e-3, 'n': 3}, argv)
+
+
+def test_configure_help_prints_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cdlm.configure({'lr': 1e-3}, ['--help'], doc='usage')
+    assert '--lr=0.001' in capsys.readouterr().out
+
+
+def test_device_helpers_on_cpu():
+    assert cdlm.pick_device('cpu') == 'cpu'
+    assert cdlm.pick_device('auto') in ('cuda', 'mps', 'cpu')
+    with cdlm.autocast('cpu'):
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
+    cdlm.synchronize('cpu')
+
+
+def test_cosine_lr_schedule():
+    lrs = [cdlm.cosine_lr(i, 1.0, 0.1, 10, 110) for i in range(120)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[60] == pytest.approx(0.55) and lrs[110] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path, tiny_model):
+    path = str(tmp_path / 'sub' / 'm.pt')
+    opt = torch.optim.AdamW(tiny_model.parameters())
+    cdlm.save_checkpoint(path, tiny_model, 'teacher', {'block_size': 4}, 7, {'acc': torch.tensor(0.5)}, opt)
+    assert not os.path.exists(path + '.tmp')
+    raw = torch.load(path, weights_only=True)  # a plain dict: no pickled classes
+    assert raw['kind'] == 'teacher' and raw['metrics'] == {'acc': 0.5} and raw['block_size'] == 4
+    model, ckpt = cdlm.load_checkpoint(path)
+    x = torch.randint(0, 256, (1, 8))
+    assert torch.equal(model.eval()(x), tiny_model(x)) and ckpt['iter_num'] == 7
+    with pytest.raises(SystemExit, match='create it with `python train_teacher.py`'):
+        cdlm.load_checkpoint(str(tmp_path / 'missing.pt'))
+    raw['tokenizer'] = 'gpt2'
+    torch.save(raw, path)
+    with pytest.raises(SystemExit, match="made with tokenizer 'gpt2'"):
+        cdlm.load_checkpoint(path)
+
+
+def test_fingerprint_tells_models_apart(tiny_model):
+    a = cdlm.fingerprint(tiny_model)
+    assert a == cdlm.fingerprint(tiny_model) and len(a) == 12
+    with torch.no_grad():
+        tiny_model.wte.weight[0, 0] += 1e-3
+    assert cdlm.fingerprint(tiny_model) != a
