@@ -36,7 +36,7 @@ prompt_len = 24  # must match the teacher
 gen_len = 48  # must match the teacher; a multiple of block_size
 block_size = 16  # the student's block B
 # trajectories
-n_traj = 3000  # training prompts the teacher decodes, split evenly over the temperatures
+n_traj = 2000  # training prompts the teacher decodes, split evenly over the temperatures
 temperatures = '0,0.5'  # teacher sampling temperatures (the paper: {0, 0.5}; 1.0 hurts)
 topk = 8  # teacher log-probs kept per position
 traj_batch = 250  # prompts decoded at once
@@ -45,7 +45,7 @@ w_distill = 1.0  # distillation: KL(teacher at finalization || student at the ea
 w_cons = 0.5  # consistency: KL(student at a later state || student at the earlier state)
 w_dlm = 0.1  # auxiliary masked-diffusion loss on the ground truth
 # optim
-batch_size = 64  # trajectories per iteration
+batch_size = 32  # trajectories per iteration
 max_iters = 1000  # optimizer steps
 lr = 1e-3  # peak AdamW learning rate
 min_lr = 1e-4  # floor of the cosine decay
@@ -77,7 +77,7 @@ if not os.path.exists(teacher_path):
     print(f'no teacher at {teacher_path}: training one with train_teacher.py first')
     cmd = [sys.executable, os.path.join(here, 'train_teacher.py'), f'--out_dir={out_dir}', f'--ckpt_name={teacher_ckpt}',
            f'--device={device}', f'--prompt_len={prompt_len}', f'--gen_len={gen_len}', f'--block_size={block_size}',
-           f'--seed={seed}'] + teacher_args.split()
+           f'--seed={seed}', '--final_report=0'] + teacher_args.split()
     if subprocess.run(cmd).returncode:
         cdlm.fail('train_teacher.py failed; see its output above')
 teacher, teacher_meta = cdlm.load_checkpoint(teacher_path, device)

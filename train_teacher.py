@@ -36,9 +36,9 @@ d_model = 128  # width
 # optim
 batch_size = 32  # sequences per iteration (small batches learn more per example here)
 max_iters = 8000  # optimizer steps: the schedule is by steps, never by wall-clock
-lr = 2e-3  # peak AdamW learning rate
+lr = 1e-3  # peak AdamW learning rate
 min_lr = 1e-4  # floor of the cosine decay
-warmup_iters = 200  # linear warm-up steps
+warmup_iters = 100  # linear warm-up steps
 weight_decay = 0.0  # AdamW weight decay
 grad_clip = 1.0  # max gradient norm (0 = off)
 # system

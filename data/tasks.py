@@ -1,13 +1,14 @@
 """
 The toy corpus: two task families with exactly checkable answers, in the roles GSM8K-CoT and MBPP play in the CDLM paper.
 
-    math  ` 347+ 285=`                -> `5+7+0=12|4+8+1=13|3+2+1=06|#### 632`
-    code  `a=4;b=a+3;c=b*a;print(c)`  -> `b=04+03=07;c=07*04=28;#### 28`
+    math  ` 347+ 285=`                -> `>7+5+0=12<8+4+1=13>3+2+1=06 #### 632`
+    code  `a=4;b=a+3;c=b*a;print(c)`  -> `b>04+03=07;c<04*07=28;#### 28`
 
 Every response is one phrasing drawn uniformly from a small set of valid ones: inside each chain-of-thought step the
-operands of a commutative pair come in either order, and one separator from SEPS is chosen per response and used
-throughout. All phrasings of a problem have the same length, so a model learns them easily, yet a bidirectional model
-cannot know which phrasing a position belongs to until a neighbour is decoded: that is what makes parallel decoding hard.
+operands of a commutative pair come in either order, and a marker opening the step says which (`>` the first operand's
+digit first, `<` the other). All phrasings of a problem have the same length, so a model learns them easily, yet a
+bidirectional model cannot know which order a step uses until the marker or an operand of it is decoded: decoding them
+in parallel mixes orders, which is what makes parallel decoding hard.
 
 The strict checker enumerates every valid phrasing of the problem and asks whether the response is one of them, so a
 response is correct only if every step parses, uses the right digits and carries, is arithmetically right, and the final
@@ -18,7 +19,6 @@ import itertools
 import random
 import re
 
-SEPS = ('|', ';', ',')  # one separator per response, used between every pair of steps
 FAMILIES = ('math', 'code')
 N_TEST, N_VAL, N_TRAIN = 500, 200, 20000  # problems per family in each split
 
@@ -52,41 +52,46 @@ def phrasings(prompt):
     """All valid responses to a prompt (without the EOS padding). The strict checker is membership in this set."""
     if m := re.fullmatch(r' *(\d+)([+-]) *(\d+)=', prompt):
         steps, answer = math_steps(int(m[1]), m[2], int(m[3]))
+        sep = ''
     elif m := re.fullmatch(r'a=(\d);b=([abc\d+*-]+);c=([abc\d+*-]+);print\(([bc])\)', prompt):
         steps, answer = code_steps(m[1], m[2], m[3], m[4])
+        sep = ';'
     else:
         raise ValueError(f'not a task prompt: {prompt!r}')
-    return [sep.join(choice) + f'{sep}#### {answer}' for sep in SEPS for choice in itertools.product(*steps)]
+    return sorted(sep.join(choice) + f'{sep or " "}#### {answer}' for choice in itertools.product(*steps))
 
 
 def math_steps(a, op, b):
-    """Column-wise steps, least significant digit first, each exactly 8 characters so step i always starts at the same
-    offset. Addition writes the two-digit column sum (`3+2+1=06`); subtraction writes the two-digit top digit, 1x when
-    it borrows (`13-5-0=8`, `07-5-0=2`). Each step is a set of equivalent phrasings."""
+    """Column-wise steps, least significant digit first, each exactly 9 characters so step i always starts at the same
+    offset. A step opens with an order marker: `>` when the first number's digit comes first, `<` when it comes
+    second. Addition writes the two-digit column sum (`>3+2+1=06`); subtraction writes the two-digit top digit, 1x when
+    it borrows (`>13-5-0=8`), and its marker orders the subtrahend digit and the borrow. Each step is a set of
+    equivalent phrasings."""
     steps, carry = [], 0
     for i in range(max(len(str(a)), len(str(b)))):
         x, y = a // 10 ** i % 10, b // 10 ** i % 10
-        if op == '+':  # x+y+carry=sum; x and y in either order
+        if op == '+':  # x+y+carry=sum, in either order
             s = x + y + carry
-            steps.append({f'{x}+{y}+{carry}={s:02d}', f'{y}+{x}+{carry}={s:02d}'})
+            steps.append({f'>{x}+{y}+{carry}={s:02d}', f'<{y}+{x}+{carry}={s:02d}'})
             carry = s // 10
-        else:  # top-y-borrow=digit; y and the borrow in either order
+        else:  # top-y-borrow=digit, y and the borrow in either order
             top = x + 10 if x - y - carry < 0 else x
-            steps.append({f'{top:02d}-{y}-{carry}={top - y - carry}', f'{top:02d}-{carry}-{y}={top - y - carry}'})
+            r = top - y - carry
+            steps.append({f'>{top:02d}-{y}-{carry}={r}', f'<{top:02d}-{carry}-{y}={r}'})
             carry = int(top > x)
     return steps, a + b if op == '+' else a - b
 
 
 def code_steps(a, expr_b, expr_c, target):
-    """One step per assignment after `a`: name=value op value=result, every value in a two-digit field so each step
-    has the same width; + and * operands in either order."""
+    """One step per assignment after `a`: name, order marker, value op value=result, every value in a two-digit field
+    so each step has the same width. + and * take either order (`b>04+03=07` or `b<03+04=07`); - only `>`."""
     env, steps = {'a': int(a)}, []
     for name, expr in (('b', expr_b), ('c', expr_c)):
         left, op, right = re.fullmatch(r'([abc\d])([+*-])([abc\d])', expr).groups()
-        u, v = (str(env[t]) if t in env else t for t in (left, right))
+        u, v = (env[t] if t in env else int(t) for t in (left, right))
         env[name] = eval(f'{u}{op}{v}')  # noqa: S307, digits and + - * only
-        pairs = {(u, v), (v, u)} if op in '+*' else {(u, v)}
-        steps.append({f'{name}={int(p):02d}{op}{int(q):02d}={env[name]:02d}' for p, q in pairs})
+        steps.append({f'{name}>{u:02d}{op}{v:02d}={env[name]:02d}'} |
+                     ({f'{name}<{v:02d}{op}{u:02d}={env[name]:02d}'} if op in '+*' else set()))
     return steps, env[target]
 
 
@@ -106,7 +111,7 @@ def check(prompt, response):
 
 
 def render(prompt, rng):
-    """One phrasing drawn uniformly: a separator, then an operand order per step."""
+    """One phrasing drawn uniformly: an operand order per step."""
     return rng.choice(phrasings(prompt))
 
 

@@ -26,33 +26,34 @@ def test_every_response_is_valid_and_fits_the_canvas():
 
 
 def test_math_checker_by_hand():
-    ok = '5+7+0=12|8+4+1=13|3+2+1=06|#### 632'
+    ok = '>7+5+0=12<8+4+1=13>3+2+1=06 #### 632'
     assert tasks.check(' 347+ 285=', ok) == (True, True)
-    assert tasks.check('347+285=', '7+5+0=12|4+8+1=13|2+3+1=06|#### 632') == (True, True)  # operand order is free
-    assert tasks.check('347+285=', '5+7+0=12;8+4+1=13|3+2+1=06|#### 632') == (False, True)  # mixed separators
-    assert tasks.check('347+285=', '5+7+0=12|8+4+0=12|3+2+1=06|#### 632') == (False, True)  # dropped carry
-    assert tasks.check('347+285=', '5+5+0=10|8+4+1=13|3+2+1=06|#### 632') == (False, True)  # wrong digit
-    assert tasks.check('347+285=', '5+7+0=12|8+4+1=13|3+2+1=6|#### 632') == (False, True)  # not two digits
-    assert tasks.check('347+285=', '5+7+0=12|8+4+1=13|3+2+1=06|#### 633') == (False, False)
-    assert tasks.check('347+285=', ok + ' ') == (False, False)
-    assert tasks.check('502-37=', '12-7-0=5|00-3-1=6|05-0-1=4|#### 465') == (False, True)  # 0-3-1 needs a borrow
-    assert tasks.check('502-37=', '12-7-0=5|10-1-3=6|05-1-0=4|#### 465') == (True, True)
+    assert tasks.check(' 347+ 285=', '<5+7+0=12>4+8+1=13<2+3+1=06 #### 632') == (True, True)  # order is free
+    assert tasks.check(' 347+ 285=', '>5+7+0=12<8+4+1=13>3+2+1=06 #### 632') == (False, True)  # marker disagrees
+    assert tasks.check(' 347+ 285=', '>7+5+0=12>4+8+0=12>3+2+1=06 #### 632') == (False, True)  # dropped carry
+    assert tasks.check(' 347+ 285=', '>7+7+0=12<8+4+1=13>3+2+1=06 #### 632') == (False, True)  # wrong digit
+    assert tasks.check(' 347+ 285=', '>7+5+0=12<8+4+1=13>3+2+1=6 #### 632') == (False, True)  # not two digits
+    assert tasks.check(' 347+ 285=', '>7+5+0=12<8+4+1=13>3+2+1=06 #### 633') == (False, False)
+    assert tasks.check(' 347+ 285=', ok + ' ') == (False, False)
+    assert tasks.check(' 502-  37=', '>12-7-0=5>00-3-1=6>05-0-1=4 #### 465') == (False, True)  # 0-3-1 borrows
+    assert tasks.check(' 502-  37=', '>12-7-0=5<10-1-3=6>05-0-1=4 #### 465') == (True, True)
 
 
 def test_code_checker_by_hand():
     p = 'a=4;b=a+3;c=b*a;print(c)'
-    assert tasks.check(p, 'b=04+03=07;c=07*04=28;#### 28') == (True, True)
-    assert tasks.check(p, 'b=03+04=07|c=04*07=28|#### 28') == (True, True)
-    assert tasks.check(p, 'b=4+3=7;c=7*4=28;#### 28') == (False, True)  # values fill two-digit fields
-    assert tasks.check(p, 'b=04+03=07;c=07*04=29;#### 28') == (False, True)
-    assert tasks.check(p, 'b=04+03=07;c=07*04=28;#### 7') == (False, False)
-    assert tasks.check('a=5;b=a-2;c=b-1;print(b)', 'b=02-05=-3;c=-3-01=-4;#### 3') == (False, True)
+    assert tasks.check(p, 'b>04+03=07;c>07*04=28;#### 28') == (True, True)
+    assert tasks.check(p, 'b<03+04=07;c<04*07=28;#### 28') == (True, True)
+    assert tasks.check(p, 'b>03+04=07;c>07*04=28;#### 28') == (False, True)  # marker disagrees
+    assert tasks.check(p, 'b>4+3=7;c>7*4=28;#### 28') == (False, True)  # values fill two-digit fields
+    assert tasks.check(p, 'b>04+03=07;c>07*04=29;#### 28') == (False, True)
+    assert tasks.check(p, 'b>04+03=07;c>07*04=28;#### 7') == (False, False)
+    assert tasks.check('a=5;b=a-2;c=b-1;print(b)', 'b<02-05=03;c>03-01=02;#### 3') == (False, True)  # - is ordered
 
 
 def test_render_draws_every_phrasing():
     rng = random.Random(0)
-    seen = {tasks.render('  12+  34=', rng) for _ in range(400)}
-    assert seen == set(tasks.phrasings('  12+  34=')) and len(seen) == 3 * 2 * 2
+    seen = {tasks.render('  12+  34=', rng) for _ in range(200)}
+    assert seen == set(tasks.phrasings('  12+  34=')) and len(seen) == 2 * 2
 
 
 def test_normalize_puts_typed_math_in_columns():

@@ -31,7 +31,7 @@ def test_mask_needs_explicit_sizes():
     with pytest.raises(ValueError, match='prompt_len and block_size'):
         cdlm.attention_mask('block_causal', 8, prompt_len=2)
     with pytest.raises(ValueError, match='unknown'):
-        cdlm.attention_mask('causal', 8)
+        cdlm.attention_mask('sliding', 8)
 
 
 def test_output_never_predicts_mask_and_has_no_shift(tiny_model):
