@@ -167,7 +167,7 @@ def attention_mask(kind, seq_len, prompt_len=None, block_size=None, device=None)
     """allow[q, k] (seq_len, seq_len) bool: may query position q attend to key position k?
 
     bidirectional: everything sees everything (the teacher, LLaDA-style).
-    block_causal (CDLM sec. 3, as in BD3-LM): with P = prompt_len and blk(i) = (i - P) // block_size,
+    block_causal (CDLM, METHOD.md §3, as in BD3-LM): with P = prompt_len and blk(i) = (i - P) // block_size,
         allow(q, k) = k < P  or  (q >= P and k >= P and blk(k) <= blk(q))
     so the prompt sees only itself and a block sees the prompt, earlier blocks and itself. P=2, block_size=2:
               k: p p 0 0 1 1
@@ -199,7 +199,7 @@ def attention_mask(kind, seq_len, prompt_len=None, block_size=None, device=None)
 
 
 class KVCache:
-    """Keys and values of the positions that are final: the prompt and finished blocks (CDLM sec. 5).
+    """Keys and values of the positions that are final: the prompt and finished blocks (CDLM, METHOD.md §5).
 
     Under the block-causal mask these rows never attend forward, so what is cached equals what a full recompute gives.
     Each forward writes the keys and values of its new positions after the first `len(cache)` slots and attends over
@@ -219,7 +219,7 @@ class KVCache:
 
 
 def rope_angles(positions, head_dim, base=10000.0):
-    """cos and sin of rotary position embeddings (Su et al., RoFormer, arXiv 2104.09864, eq. 34) for the given
+    """cos and sin of rotary position embeddings (Su et al., RoFormer, arXiv 2104.09864) for the given
     absolute positions: (T, head_dim/2) each. Attention scores then depend on relative offsets, which suits a
     corpus whose steps repeat every few tokens."""
     freqs = base ** (-torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
@@ -300,7 +300,8 @@ def cosine_lr(it, lr, min_lr, warmup_iters, max_iters):
 
 
 def antithetic_t(batch_size, eps=1e-3, generator=None, device=None):
-    """Mask ratios t in [eps, 1), one per row, stratified across the batch for lower variance (MDLM, sec. 3.5)."""
+    """Mask ratios t in [eps, 1), one per row, stratified across the batch for lower variance
+    (MDLM's low-discrepancy sampler, Sahoo et al., arXiv 2406.07524)."""
     u = torch.rand(1, generator=generator, device=device)
     return eps + (1 - eps) * ((u + torch.arange(batch_size, device=device) / batch_size) % 1)
 
@@ -312,15 +313,16 @@ def mask_tokens(x0, maskable, t, generator=None):
 
 
 def mdm_loss(logits, x0, hidden, t, norm):
-    """Masked-diffusion ELBO (MDLM eq. 10, LLaDA's SFT loss): cross-entropy on hidden positions weighted by 1/t,
-    summed and divided by `norm` maskable positions per row (the response length). logits (B, T, V-1), x0 (B, T)."""
+    """Masked-diffusion ELBO (MDLM, arXiv 2406.07524; LLaDA's SFT loss, arXiv 2502.09992): cross-entropy on hidden
+    positions weighted by 1/t, summed and divided by `norm` maskable positions per row (the response length).
+    logits (B, T, V-1), x0 (B, T)."""
     ce = F.cross_entropy(logits.flatten(0, 1).float(), x0.flatten().clamp_max(logits.shape[-1] - 1),
                          reduction='none').view(x0.shape)
     return (ce * hidden / t[:, None]).sum() / (x0.shape[0] * norm)
 
 
 def kl_loss(p, logits, select):
-    """Mean over selected positions of KL(p || softmax(logits)), the form of both CDLM losses (sec. 4):
+    """Mean over selected positions of KL(p || softmax(logits)), the form of both CDLM losses (METHOD.md §4):
     distillation with p = the teacher's distribution, consistency with p = the student's own at a later state.
     p (..., V-1) is a constant target (no gradient flows into it); select (...) bool."""
     logq = F.log_softmax(logits.float(), dim=-1)
@@ -366,7 +368,7 @@ def choose_positions(conf, todo, k=None, threshold=None):
 @torch.no_grad()
 def generate(model, prompt, gen_len, block_size, attn='bidirectional', use_cache=False, k=1, threshold=None,
              temperature=0.0, early_stop=True, generator=None, record_topk=0, on_step=None):
-    """Semi-autoregressive masked-diffusion decoding over blocks (LLaDA sec. 2.4; CDLM sec. 5).
+    """Semi-autoregressive masked-diffusion decoding over blocks (LLaDA, arXiv 2502.09992; CDLM, METHOD.md §5).
 
     Args:
         model: a Transformer.
@@ -458,7 +460,7 @@ def generate_ar(model, prompt, gen_len, use_cache=True, early_stop=True):
 
 
 # -----------------------------------------------------------------------------
-# trajectories (CDLM sec. 2) and the student's three losses (sec. 4)
+# trajectories (CDLM, METHOD.md §2) and the student's three losses (§4)
 #
 # On disk, one torch file (loads with weights_only=True) holding N teacher decodes of T = P + L tokens:
 #   x        (N, T)    int64    the teacher's final tokens, prompt included
@@ -516,7 +518,7 @@ def cdlm_losses(model, batch, prompt_len, block_size, w_cons=0.5, w_dlm=0.1, gen
     loss_distill = mean_{i in U} KL(p_teacher_i || q_student_i(y))     forward KL to the teacher at finalization
     loss_cons    = mean_{i in S} KL(sg q_student_i(y') || q_student_i(y))
     loss_dlm     = masked-diffusion loss on the ground truth, through the block-causal mask
-    NOTE (METHOD.md sec. 4 leaves y' open): y' is an intermediate state inside block b, not the completed block, and S
+    NOTE (METHOD.md §4 leaves y' open): y' is an intermediate state inside block b, not the completed block, and S
     is what is still masked in it. With y' = y* no block position would remain masked and the term would vanish; this
     reading keeps "within-block temporal consistency": the student's guess from less context must match its own guess
     from more context. The same-block choice also matches what the student sees at inference.

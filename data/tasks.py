@@ -2,7 +2,7 @@
 The toy corpus: two task families with exactly checkable answers, in the roles GSM8K-CoT and MBPP play in the CDLM paper.
 
     math  ` 347+ 285=`                -> `>7+5+0=12<8+4+1=13>3+2+1=06 #### 632`
-    code  `a=4;b=a+3;c=b*a;print(c)`  -> `b>04+03=07;c<04*07=28;#### 28`
+    code  `a=4;b=a+3;c=b-a;print(c)`  -> `b>04+03=07;c>07-04=03;#### 3`
 
 Every response is one phrasing drawn uniformly from a small set of valid ones: inside each chain-of-thought step the
 operands of a commutative pair come in either order, and a marker opening the step says which (`>` the first operand's
@@ -20,7 +20,8 @@ import random
 import re
 
 FAMILIES = ('math', 'code')
-N_TEST, N_VAL, N_TRAIN = 500, 200, 20000  # problems per family in each split
+N_TEST, N_VAL = 500, 200  # problems per family in the test and val splits
+N_TRAIN = {'math': 20000, 'code': 12000}  # training problems (the code family has about 14800 distinct ones)
 
 
 def math_problem(rng):
@@ -34,7 +35,9 @@ def math_problem(rng):
 
 
 def code_problem(rng):
-    """A straight-line program: a=N, then b and c each from earlier values with + - *, all values kept in 0..99."""
+    """A straight-line program: a=N, then b and c each from earlier values with + - *, all values kept in 0..20.
+    NOTE: small values on purpose: each step does its arithmetic in one shot, and a 0.9M-parameter teacher trained
+    for minutes learned products like 24*3 poorly (51% strict with values up to 99)."""
     while True:
         env = {'a': rng.randint(2, 9)}
         lines = [f"a={env['a']}"]
@@ -44,7 +47,7 @@ def code_problem(rng):
             op = rng.choice('+-*')
             env[name] = eval(f"{env[left]}{op}{env.get(right, right)}")  # noqa: S307, digits and + - * only
             lines.append(f'{name}={left}{op}{right}')
-        if all(0 <= v <= 99 for v in env.values()):
+        if all(0 <= v <= 20 for v in env.values()):
             return ';'.join(lines) + f";print({rng.choice('bc')})"
 
 
@@ -120,11 +123,11 @@ def build_splits(seed=1337):
     """{split: [(prompt, response, family)]}. Test and val problems come first and are never seen in training.
     Cached: callers share one copy and must not modify it."""
     rng, seen, splits = random.Random(seed), set(), {'test': [], 'val': [], 'train': []}
-    for split, n in (('test', N_TEST), ('val', N_VAL), ('train', N_TRAIN)):
+    for split in ('test', 'val', 'train'):
         for family, make in (('math', math_problem), ('code', code_problem)):
-            count, tries = 0, 0
-            while count < n and tries < 50 * n:  # the code family has fewer distinct problems than N_TRAIN
-                tries += 1
+            n = N_TRAIN[family] if split == 'train' else N_TEST if split == 'test' else N_VAL
+            count = 0
+            while count < n:
                 prompt = make(rng)
                 if prompt not in seen:
                     seen.add(prompt)

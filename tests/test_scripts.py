@@ -31,8 +31,8 @@ def test_train_teacher_writes_a_checkpoint_and_resumes(teacher_dir):
     assert ckpt['kind'] == 'teacher' and ckpt['iter_num'] == 6 and ckpt['config']['n_layer'] == 1
     assert ckpt['mask_id'] == cdlm.MASK_ID and set(ckpt['metrics']) >= {'val_loss', 'acc_math', 'acc_code'}
     res = run('train_teacher.py', f'--out_dir={teacher_dir}', '--ckpt_name=teacher.pt', '--init_from=resume',
-              '--max_iters=9', '--eval_interval=3', *TINY)
-    assert 'resuming from' in res.stdout and 'teacher threshold 0.9   math' in res.stdout and torch.load(teacher_dir / 'teacher.pt', weights_only=True)['iter_num'] == 9
+              '--max_iters=9', '--eval_interval=3', '--final_report=5', *TINY)
+    assert 'resuming from' in res.stdout and 'teacher threshold 0.9 math' in res.stdout and torch.load(teacher_dir / 'teacher.pt', weights_only=True)['iter_num'] == 9
 
 
 def test_sample_shows_the_denoising(teacher_dir):
