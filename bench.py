@@ -78,7 +78,7 @@ else:
 
 test = cdlm.tasks.build_splits()['test']
 if quick:
-    test = [q for f in cdlm.tasks.FAMILIES for q in [q for q in test if q[2] == f][:8]]
+    test = cdlm.tasks.per_family(test, 8)
 timed = [q for q in test if q[2] == 'math'][:timed_problems]
 enc = cdlm.get_tokenizer()
 
@@ -147,7 +147,7 @@ args = dict(models['student'].args)
 mults = [int(m) for m in scaling.split(',')]
 args['seq_len'] = prompt_len + gen_len * max(mults)
 scale_model = cdlm.Transformer(**args).to(device).eval()
-prompt = torch.tensor([cdlm.encode_example(enc, timed[0][0], '', prompt_len, gen_len)[:prompt_len]], device=device)
+prompt = torch.tensor([cdlm.encode_prompt(enc, timed[0][0], prompt_len)], device=device)
 scaling_rows = []
 for m in mults:
     times = {}

@@ -144,6 +144,16 @@ def encode_example(enc, prompt, response, prompt_len, gen_len):
     return [EOS_ID] * (prompt_len - len(p)) + p + r + [EOS_ID] * (gen_len - len(r))
 
 
+def encode_prompt(enc, prompt, prompt_len):
+    """The prompt row of encode_example alone: (prompt_len,) token ids, left-padded with EOS."""
+    return encode_example(enc, prompt, '', prompt_len, 0)
+
+
+def generated_tokens(enc, text, gen_len):
+    """Tokens a decode produced: the answer and its EOS. The prompt and the EOS padding after it are not counted."""
+    return min(len(enc.encode_ordinary(text)) + 1, gen_len)
+
+
 def load_split(split, prompt_len, gen_len):
     """(x0, problems) for a corpus split: x0 (N, prompt_len + gen_len) int64 and a list of (prompt, response, family)."""
     problems = tasks.build_splits()[split]
@@ -293,6 +303,17 @@ def cosine_lr(it, lr, min_lr, warmup_iters, max_iters):
         return lr * (it + 1) / warmup_iters
     progress = min(1.0, (it - warmup_iters) / max(1, max_iters - warmup_iters))
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def optimizer_step(model, optimizer, loss, lr, grad_clip):
+    """One update at learning rate lr: backward, clip the gradient norm to grad_clip (0 = off), step."""
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
 
 
 # -----------------------------------------------------------------------------
@@ -565,8 +586,7 @@ def evaluate(model, problems, prompt_len, gen_len, block_size, attn, device, bat
     out = dict(strict=[], answer=[], nfe=[], text=[])
     for i in range(0, len(problems), batch_size):
         chunk = problems[i:i + batch_size]
-        prompt = torch.tensor([encode_example(enc, p, '', prompt_len, gen_len)[:prompt_len] for p, _, _ in chunk],
-                              device=device)
+        prompt = torch.tensor([encode_prompt(enc, p, prompt_len) for p, _, _ in chunk], device=device)
         with autocast(device):
             if attn == 'causal':
                 res = generate_ar(model, prompt, gen_len, **decode_kw)
@@ -589,7 +609,7 @@ def summarize(res, problems, gen_len, block_size):
     enc, out = get_tokenizer(), {}
     for fam in sorted({q[2] for q in problems}):
         idx = [i for i, q in enumerate(problems) if q[2] == fam]
-        n_tok = [min(len(enc.encode_ordinary(res['text'][i])) + 1, gen_len) for i in idx]
+        n_tok = [generated_tokens(enc, res['text'][i], gen_len) for i in idx]
         nfe = sum(res['nfe'][i] for i in idx)
         out[fam] = dict(acc=sum(res['strict'][i] for i in idx) / len(idx),
                         answer_acc=sum(res['answer'][i] for i in idx) / len(idx), nfe=nfe / len(idx),

@@ -135,7 +135,7 @@ optimizer = torch.optim.AdamW(student.parameters(), lr=lr, betas=(0.9, 0.99), we
 if init_from == 'resume' and meta['optimizer']:
     optimizer.load_state_dict(meta['optimizer'])
 _, val_problems = cdlm.load_split('val', prompt_len, gen_len)
-eval_set = [q for fam in cdlm.tasks.FAMILIES for q in [q for q in val_problems if q[2] == fam][:eval_problems]]
+eval_set = cdlm.tasks.per_family(val_problems, eval_problems)
 
 
 def evaluate():
@@ -158,18 +158,13 @@ metrics, t0, t_start = {}, time.time(), time.time()
 student.train()
 try:
     while iter_num < max_iters:
-        for group in optimizer.param_groups:
-            group['lr'] = cdlm.cosine_lr(iter_num, lr, min_lr, warmup_iters, max_iters)
         idx = torch.randint(len(traj['x']), (batch_size,), generator=gen, device=device)
         batch = {k: v[idx] for k, v in traj.items() if k != 'meta'}
         with cdlm.autocast(device):
             losses = cdlm.cdlm_losses(student, batch, prompt_len, block_size, w_cons, w_dlm, gen)
         loss = w_distill * losses['loss_distill'] + w_cons * losses['loss_cons'] + w_dlm * losses['loss_dlm']
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
-        optimizer.step()
+        cdlm.optimizer_step(student, optimizer, loss, cdlm.cosine_lr(iter_num, lr, min_lr, warmup_iters, max_iters),
+                            grad_clip)
         iter_num += 1
         if iter_num % 20 == 0:
             cdlm.synchronize(device)
@@ -190,7 +185,7 @@ except KeyboardInterrupt:
 # 3. teacher vs student on the test split
 student.eval()
 test = cdlm.tasks.build_splits()['test']
-test = [q for fam in cdlm.tasks.FAMILIES for q in [q for q in test if q[2] == fam][:test_problems]]
+test = cdlm.tasks.per_family(test, test_problems)
 rows = [('teacher, 1 token/step', teacher, 'bidirectional', dict(k=1, threshold=None, early_stop=False)),
         (f'teacher, threshold {threshold}', teacher, 'bidirectional', dict(k=None, threshold=threshold)),
         (f'student, threshold {threshold}, cached', student, 'block_causal',

@@ -95,7 +95,7 @@ def animate(x, start, pick, logits):
 
 
 for p, _, family in problems:
-    x = torch.tensor([cdlm.encode_example(enc, p, '', prompt_len, gen_len)[:prompt_len]], device=device)
+    x = torch.tensor([cdlm.encode_prompt(enc, p, prompt_len)], device=device)
     animate.step = 0
     if show:
         print(f'prompt: {p}')
@@ -111,7 +111,7 @@ for p, _, family in problems:
         print()
     text = cdlm.decode_response(enc, out['x'][0, prompt_len:])
     nfe = out['nfe'][0].item()
-    n_tokens = min(len(enc.encode_ordinary(text)) + 1, gen_len)  # the answer and its EOS; padding is not counted
+    n_tokens = cdlm.generated_tokens(enc, text, gen_len)
     try:
         strict, answer = cdlm.tasks.check(p, text)
         verdict = 'correct' if strict else 'answer right, reasoning invalid' if answer else 'wrong'

@@ -61,7 +61,7 @@ print('config:', config)
 x_train, _ = cdlm.load_split('train', prompt_len, gen_len)
 x_val, val_problems = cdlm.load_split('val', prompt_len, gen_len)
 x_train, x_val = x_train.to(device), x_val.to(device)
-eval_set = [pr for fam in cdlm.tasks.FAMILIES for pr in [q for q in val_problems if q[2] == fam][:eval_problems]]
+eval_set = cdlm.tasks.per_family(val_problems, eval_problems)
 print(f'train {len(x_train)} examples, val {len(x_val)}, tokens per example {x_train.shape[1]}')
 
 # model and optimizer, fresh or resumed
@@ -112,10 +112,9 @@ def evaluate():
     rule = dict(k=1, threshold=None, early_stop=False) if objective == 'mdm' else {}
     res = cdlm.evaluate(model, eval_set, prompt_len, gen_len, block_size, attn, device, **rule)
     model.train()
-    acc = {fam: sum(s for s, q in zip(res['strict'], eval_set) if q[2] == fam) / eval_problems
-           for fam in cdlm.tasks.FAMILIES}
     print(f'  sample: {eval_set[0][0]} -> {res["text"][0]}')
-    return dict(val_loss=val_loss, **{f'acc_{f}': a for f, a in acc.items()})
+    f = cdlm.summarize(res, eval_set, gen_len, block_size)
+    return dict(val_loss=val_loss, **{f'acc_{fam}': f[fam]['acc'] for fam in cdlm.tasks.FAMILIES})
 
 
 def save(metrics):
@@ -127,15 +126,10 @@ def save(metrics):
 metrics, t0, t_start = {}, time.time(), time.time()
 try:
     while iter_num < max_iters:
-        for group in optimizer.param_groups:
-            group['lr'] = cdlm.cosine_lr(iter_num, lr, min_lr, warmup_iters, max_iters)
         x0 = x_train[torch.randint(len(x_train), (batch_size,), generator=gen, device=device)]
         loss = loss_on(x0, cdlm.antithetic_t(batch_size, generator=gen, device=device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
+        cdlm.optimizer_step(model, optimizer, loss, cdlm.cosine_lr(iter_num, lr, min_lr, warmup_iters, max_iters),
+                            grad_clip)
         iter_num += 1
         if iter_num % 50 == 0:
             cdlm.synchronize(device)
@@ -155,7 +149,7 @@ print(f'done: {iter_num} iters in {(time.time() - t_start) / 60:.1f} min')
 # how hard is parallel decoding for this teacher? the whole test split, three decoding rules
 if final_report and objective == 'mdm':
     model.eval()
-    test = [q for f in cdlm.tasks.FAMILIES for q in [q for q in cdlm.tasks.build_splits()['test'] if q[2] == f][:final_report]]
+    test = cdlm.tasks.per_family(cdlm.tasks.build_splits()['test'], final_report)
     print('test split:           family  strict  answer-only  NFE    NFE/block  tokens/step')
     for name, rule in [('1 token/step', dict(k=1, threshold=None, early_stop=False)),
                        ('4 tokens/step', dict(k=4, threshold=None, early_stop=False)),

@@ -98,6 +98,11 @@ def code_steps(a, expr_b, expr_c, target):
     return steps, env[target]
 
 
+def per_family(problems, n):
+    """The first n problems of each family, families in FAMILIES order."""
+    return [q for fam in FAMILIES for q in [q for q in problems if q[2] == fam][:n]]
+
+
 def normalize(prompt):
     """Put a math prompt typed by hand (`347+285=`) into the corpus layout (` 347+ 285=`); others are unchanged."""
     if m := re.fullmatch(r' *(\d{1,4}) *([+-]) *(\d{1,4}) *=?', prompt):

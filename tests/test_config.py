@@ -71,3 +71,15 @@ def test_fingerprint_tells_models_apart(tiny_model):
     with torch.no_grad():
         tiny_model.wte.weight[0, 0] += 1e-3
     assert cdlm.fingerprint(tiny_model) != a
+
+
+def test_optimizer_step_sets_lr_clips_and_updates(tiny_model):
+    opt = torch.optim.SGD(tiny_model.parameters(), lr=1.0)
+    before = tiny_model.wte.weight.detach().clone()
+    loss = tiny_model(torch.randint(0, 256, (2, 8))).pow(2).sum() * 1e6  # a huge gradient
+    cdlm.optimizer_step(tiny_model, opt, loss, lr=0.5, grad_clip=1.0)
+    assert opt.param_groups[0]['lr'] == 0.5
+    norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in tiny_model.parameters() if p.grad is not None))
+    assert abs(norm - 1.0) < 1e-3, norm  # clipped to grad_clip
+    step = (tiny_model.wte.weight.detach() - before).abs().max()
+    assert 0 < step <= 0.5 + 1e-6, step

@@ -59,3 +59,8 @@ def test_render_draws_every_phrasing():
 def test_normalize_puts_typed_math_in_columns():
     assert tasks.normalize('347+85=') == ' 347+  85=' and tasks.normalize('12 - 3') == '  12-   3='
     assert tasks.normalize('a=4;b=a+3;c=b*a;print(c)') == 'a=4;b=a+3;c=b*a;print(c)'
+
+
+def test_per_family_takes_the_first_n_of_each():
+    problems = [('m1', '', 'math'), ('c1', '', 'code'), ('m2', '', 'math'), ('m3', '', 'math'), ('c2', '', 'code')]
+    assert tasks.per_family(problems, 2) == [problems[0], problems[2], problems[1], problems[4]]

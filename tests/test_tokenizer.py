@@ -38,3 +38,9 @@ def test_decode_response_stops_at_eos_and_shows_masks():
     import torch
     row = torch.tensor([55, cdlm.MASK_ID, 53, cdlm.EOS_ID, 49])
     assert cdlm.decode_response(enc, row) == '7_5'
+
+
+def test_encode_prompt_and_generated_tokens():
+    enc = cdlm.get_tokenizer()
+    assert cdlm.encode_prompt(enc, '1+2=', 6) == cdlm.encode_example(enc, '1+2=', '3', 6, 3)[:6]
+    assert cdlm.generated_tokens(enc, '12', 48) == 3 and cdlm.generated_tokens(enc, '1' * 60, 48) == 48
