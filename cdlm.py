@@ -432,8 +432,9 @@ def generate(model, prompt, gen_len, block_size, attn='bidirectional', use_cache
             elif cache is None:
                 logits = model(x[:, :e], mask[:e, :e])[:, s:e]
             else:  # run on [finished-but-uncached positions ; current block], keep the former in the cache
-                c = len(cache)
-                logits = model(x[:, c:e], mask[c:e, :e], cache, commit=s - c)[:, s - c:]
+                c = len(cache)  # the block's rows see all cached keys and the whole block, so only a pass that
+                m = mask[c:e, :e] if c < s else None  # also writes a finished block (c < s) needs the mask
+                logits = model(x[:, c:e], m, cache, commit=s - c)[:, s - c:]
             logits = logits.float()
             active = todo.any(-1)
             nfe += active
@@ -470,8 +471,8 @@ def generate_ar(model, prompt, gen_len, use_cache=True, early_stop=True):
         if cache is None:
             logits = model(x[:, :i], mask[:i, :i])[:, -1]
         else:
-            c = len(cache)
-            logits = model(x[:, c:i], mask[c:i, :i], cache, commit=i - c)[:, -1]
+            c = len(cache)  # one new token sees everything before it: no mask needed after the prompt's pass
+            logits = model(x[:, c:i], mask[c:i, :i] if i - c > 1 else None, cache, commit=i - c)[:, -1]
         nfe += ~done
         x[:, i] = torch.where(done, EOS_ID, logits.argmax(-1))
         done |= x[:, i] == EOS_ID

@@ -29,7 +29,7 @@ teacher_args = ''  # extra --key=value arguments for train_teacher.py when it ha
 student_ckpt = 'student.pt'  # the distilled student
 traj_file = 'trajectories.pt'  # reused when it matches the teacher and the lengths, rebuilt otherwise
 init_from = 'teacher'  # 'teacher' (fresh student) or 'resume' (continue the student checkpoint)
-eval_interval = 200  # iterations between evaluations and checkpoints
+eval_interval = 250  # iterations between evaluations and checkpoints
 eval_problems = 50  # val problems per family decoded at each eval
 # data
 prompt_len = 24  # must match the teacher
@@ -46,7 +46,7 @@ w_cons = 0.5  # consistency: KL(student at a later state || student at the earli
 w_dlm = 0.1  # auxiliary masked-diffusion loss on the ground truth
 # optim
 batch_size = 32  # trajectories per iteration
-max_iters = 1000  # optimizer steps
+max_iters = 1500  # optimizer steps
 lr = 1e-3  # peak AdamW learning rate
 min_lr = 1e-4  # floor of the cosine decay
 warmup_iters = 50  # linear warm-up steps

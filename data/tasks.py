@@ -4,11 +4,17 @@ The toy corpus: two task families with exactly checkable answers, in the roles G
     math  ` 347+ 285=`                -> `>7+5+0=12<8+4+1=13>3+2+1=06 #### 632`
     code  `a=4;b=a+3;c=b-a;print(c)`  -> `b>04+03=07;c>07-04=03;#### 3`
 
-Every response is one phrasing drawn uniformly from a small set of valid ones: inside each chain-of-thought step the
-operands of a commutative pair come in either order, and a marker opening the step says which (`>` the first operand's
-digit first, `<` the other). All phrasings of a problem have the same length, so a model learns them easily, yet a
-bidirectional model cannot know which order a step uses until the marker or an operand of it is decoded: decoding them
-in parallel mixes orders, which is what makes parallel decoding hard.
+Every response is one phrasing out of a small set of valid ones: inside each chain-of-thought step the operands of a
+commutative pair come in either order, and a marker opening the step says which (`>` the first operand's digit first,
+`<` the other). All phrasings of a problem have the same length, so a model learns them easily. The orders are drawn
+like a writer's habit: the first step's is a coin flip, and each later step keeps the order of the step before it with
+probability HABIT (0.8), so no order is ever certain.
+
+Why this shape. A bidirectional model cannot know which order a step uses until the marker or an operand of it is
+decoded, so decoding the step's tokens in parallel mixes orders: parallel decoding is hard. Threshold decoding at 0.9
+must wait, one step at a time, because even a kept habit has probability 0.8 < 0.9. But the teacher's own greedy
+trajectories always keep the habit (0.8 is the argmax), so they are predictable: that is what a CDLM student distilled
+from them can learn to commit in one step, the way an LLM's greedy phrasing is more regular than its training text.
 
 The strict checker enumerates every valid phrasing of the problem and asks whether the response is one of them, so a
 response is correct only if every step parses, uses the right digits and carries, is arithmetically right, and the final
@@ -22,6 +28,7 @@ import re
 FAMILIES = ('math', 'code')
 N_TEST, N_VAL = 500, 200  # problems per family in the test and val splits
 N_TRAIN = {'math': 20000, 'code': 12000}  # training problems (the code family has about 14800 distinct ones)
+HABIT = 0.8  # probability that a step keeps the previous step's operand order
 
 
 def math_problem(rng):
@@ -51,36 +58,44 @@ def code_problem(rng):
             return ';'.join(lines) + f";print({rng.choice('bc')})"
 
 
+def solve(prompt):
+    """(steps, answer, sep): the chain of thought as a list of steps, each a tuple of its phrasings (`>` first, then
+    `<` where the order is free), the final answer, and the text that joins the steps."""
+    if m := re.fullmatch(r' *(\d+)([+-]) *(\d+)=', prompt):
+        return *math_steps(int(m[1]), m[2], int(m[3])), ''
+    if m := re.fullmatch(r'a=(\d);b=([abc\d+*-]+);c=([abc\d+*-]+);print\(([bc])\)', prompt):
+        return *code_steps(m[1], m[2], m[3], m[4]), ';'
+    raise ValueError(f'not a task prompt: {prompt!r}')
+
+
 def phrasings(prompt):
     """All valid responses to a prompt (without the EOS padding). The strict checker is membership in this set."""
-    if m := re.fullmatch(r' *(\d+)([+-]) *(\d+)=', prompt):
-        steps, answer = math_steps(int(m[1]), m[2], int(m[3]))
-        sep = ''
-    elif m := re.fullmatch(r'a=(\d);b=([abc\d+*-]+);c=([abc\d+*-]+);print\(([bc])\)', prompt):
-        steps, answer = code_steps(m[1], m[2], m[3], m[4])
-        sep = ';'
-    else:
-        raise ValueError(f'not a task prompt: {prompt!r}')
-    return sorted(sep.join(choice) + f'{sep or " "}#### {answer}' for choice in itertools.product(*steps))
+    steps, answer, sep = solve(prompt)
+    return sorted(response(choice, answer, sep) for choice in itertools.product(*steps))
+
+
+def response(step_texts, answer, sep):
+    """The response text: the steps, then the answer in its one fixed form."""
+    return sep.join(step_texts) + f'{sep or " "}#### {answer}'
 
 
 def math_steps(a, op, b):
     """Column-wise steps, least significant digit first, each exactly 9 characters so step i always starts at the same
     offset. A step opens with an order marker: `>` when the first number's digit comes first, `<` when it comes
     second. Addition writes the two-digit column sum (`>3+2+1=06`); subtraction writes the two-digit top digit, 1x when
-    it borrows (`>13-5-0=8`), and its marker orders the subtrahend digit and the borrow. Each step is a set of
-    equivalent phrasings."""
+    it borrows (`>13-5-0=8`), and its marker orders the subtrahend digit and the borrow. Each step is a tuple of
+    equivalent phrasings, `>` first."""
     steps, carry = [], 0
     for i in range(max(len(str(a)), len(str(b)))):
         x, y = a // 10 ** i % 10, b // 10 ** i % 10
         if op == '+':  # x+y+carry=sum, in either order
             s = x + y + carry
-            steps.append({f'>{x}+{y}+{carry}={s:02d}', f'<{y}+{x}+{carry}={s:02d}'})
+            steps.append((f'>{x}+{y}+{carry}={s:02d}', f'<{y}+{x}+{carry}={s:02d}'))
             carry = s // 10
         else:  # top-y-borrow=digit, y and the borrow in either order
             top = x + 10 if x - y - carry < 0 else x
             r = top - y - carry
-            steps.append({f'>{top:02d}-{y}-{carry}={r}', f'<{top:02d}-{carry}-{y}={r}'})
+            steps.append((f'>{top:02d}-{y}-{carry}={r}', f'<{top:02d}-{carry}-{y}={r}'))
             carry = int(top > x)
     return steps, a + b if op == '+' else a - b
 
@@ -93,8 +108,8 @@ def code_steps(a, expr_b, expr_c, target):
         left, op, right = re.fullmatch(r'([abc\d])([+*-])([abc\d])', expr).groups()
         u, v = (env[t] if t in env else int(t) for t in (left, right))
         env[name] = eval(f'{u}{op}{v}')  # noqa: S307, digits and + - * only
-        steps.append({f'{name}>{u:02d}{op}{v:02d}={env[name]:02d}'} |
-                     ({f'{name}<{v:02d}{op}{u:02d}={env[name]:02d}'} if op in '+*' else set()))
+        steps.append((f'{name}>{u:02d}{op}{v:02d}={env[name]:02d}',) +
+                     ((f'{name}<{v:02d}{op}{u:02d}={env[name]:02d}',) if op in '+*' else ()))
     return steps, env[target]
 
 
@@ -119,8 +134,14 @@ def check(prompt, response):
 
 
 def render(prompt, rng):
-    """One phrasing drawn uniformly: an operand order per step."""
-    return rng.choice(phrasings(prompt))
+    """One phrasing, its orders drawn as a habit: a coin flip for the first step, then each step keeps the order of
+    the one before with probability HABIT. A step with one valid order (code's `-`) takes it, and that sets the habit."""
+    steps, answer, sep = solve(prompt)
+    order, text = rng.randint(0, 1), []
+    for step in steps:
+        order = min(len(step) - 1, order if rng.random() < HABIT else 1 - order)
+        text.append(step[order])
+    return response(text, answer, sep)
 
 
 @functools.lru_cache(maxsize=2)

@@ -56,6 +56,19 @@ def test_render_draws_every_phrasing():
     assert seen == set(tasks.phrasings('  12+  34=')) and len(seen) == 2 * 2
 
 
+def test_render_orders_follow_the_habit():
+    """The first step's order is a fair coin; each later step keeps the previous order with probability HABIT."""
+    rng, n = random.Random(0), 4000
+    markers = [[r[9 * i] for i in range(4)] for r in (tasks.render('1234+5678=', rng) for _ in range(n))]
+    first = sum(m[0] == '>' for m in markers) / n
+    kept = sum(m[i] == m[i - 1] for m in markers for i in range(1, 4)) / (3 * n)
+    assert abs(first - 0.5) < 0.03 and abs(kept - tasks.HABIT) < 0.03, (first, kept)
+    # a step with one valid order (code's `-` is `>` only) takes it, and the next step follows it
+    codes = [tasks.render('a=9;b=a-2;c=b+3;print(c)', rng) for _ in range(1000)]
+    assert all(r[1] == '>' for r in codes)
+    assert abs(sum(r[12] == '>' for r in codes) / 1000 - tasks.HABIT) < 0.04
+
+
 def test_normalize_puts_typed_math_in_columns():
     assert tasks.normalize('347+85=') == ' 347+  85=' and tasks.normalize('12 - 3') == '  12-   3='
     assert tasks.normalize('a=4;b=a+3;c=b*a;print(c)') == 'a=4;b=a+3;c=b*a;print(c)'
