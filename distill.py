@@ -47,8 +47,8 @@ w_dlm = 0.1  # auxiliary masked-diffusion loss on the ground truth
 # optim
 batch_size = 32  # trajectories per iteration
 max_iters = 1500  # optimizer steps
-lr = 1e-3  # peak AdamW learning rate
-min_lr = 1e-4  # floor of the cosine decay
+lr = 3e-4  # peak AdamW learning rate (1e-3 first wrecks what the teacher knew: 28% after 250 steps)
+min_lr = 3e-5  # floor of the cosine decay
 warmup_iters = 50  # linear warm-up steps
 grad_clip = 1.0  # max gradient norm (0 = off)
 # evaluation
