@@ -432,9 +432,10 @@ def generate(model, prompt, gen_len, block_size, attn='bidirectional', use_cache
             elif cache is None:
                 logits = model(x[:, :e], mask[:e, :e])[:, s:e]
             else:  # run on [finished-but-uncached positions ; current block], keep the former in the cache
-                c = len(cache)  # the block's rows see all cached keys and the whole block, so only a pass that
-                m = mask[c:e, :e] if c < s else None  # also writes a finished block (c < s) needs the mask
-                logits = model(x[:, c:e], m, cache, commit=s - c)[:, s - c:]
+                # the block's rows see every cached key and the whole block: only a pass that also writes a
+                # finished block (c < s) needs the mask, to hide the current block from that block's rows
+                c = len(cache)
+                logits = model(x[:, c:e], mask[c:e, :e] if c < s else None, cache, commit=s - c)[:, s - c:]
             logits = logits.float()
             active = todo.any(-1)
             nfe += active

@@ -71,10 +71,10 @@ def solve(prompt):
 def phrasings(prompt):
     """All valid responses to a prompt (without the EOS padding). The strict checker is membership in this set."""
     steps, answer, sep = solve(prompt)
-    return sorted(response(choice, answer, sep) for choice in itertools.product(*steps))
+    return sorted(join_response(choice, answer, sep) for choice in itertools.product(*steps))
 
 
-def response(step_texts, answer, sep):
+def join_response(step_texts, answer, sep):
     """The response text: the steps, then the answer in its one fixed form."""
     return sep.join(step_texts) + f'{sep or " "}#### {answer}'
 
@@ -141,7 +141,7 @@ def render(prompt, rng):
     for step in steps:
         order = min(len(step) - 1, order if rng.random() < HABIT else 1 - order)
         text.append(step[order])
-    return response(text, answer, sep)
+    return join_response(text, answer, sep)
 
 
 @functools.lru_cache(maxsize=2)
