@@ -228,20 +228,21 @@ class KVCache:
         return self.n
 
 
-def rope_angles(positions, head_dim, base=10000.0):
-    """cos and sin of rotary position embeddings (Su et al., RoFormer, arXiv 2104.09864) for the given
-    absolute positions: (T, head_dim/2) each. Attention scores then depend on relative offsets, which suits a
-    corpus whose steps repeat every few tokens."""
-    freqs = base ** (-torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
-    angles = positions.float()[:, None] * freqs[None, :]
+def rope_table(seq_len, head_dim, base=10000.0):
+    """cos and sin of rotary position embeddings (Su et al., RoFormer, arXiv 2104.09864) for positions 0..seq_len-1:
+    (seq_len, head_dim) each, every frequency written twice, once for each half of a head. Attention scores then
+    depend on relative offsets, which suits a corpus whose steps repeat every few tokens."""
+    freqs = base ** (-torch.arange(0, head_dim, 2).float() / head_dim)
+    angles = torch.arange(seq_len).float()[:, None] * freqs[None, :]  # (seq_len, head_dim/2)
+    angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
 
 
-def apply_rope(x, rope):
-    """Rotate channel pairs (first half, second half) of x (B, H, T, hd) by the angles of their positions."""
-    cos, sin = rope
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+def apply_rope(x, cos, sin):
+    """Rotate each channel pair (i, i + head_dim/2) of x (..., T, head_dim) by its position's angle:
+    (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin). cos and sin (T, head_dim) come from rope_table."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return (x * cos + torch.cat([-x2, x1], dim=-1) * sin).type_as(x)
 
 
 class Block(nn.Module):
@@ -256,8 +257,8 @@ class Block(nn.Module):
 
     def forward(self, x, attn_mask, rope, cache=None, layer=0):
         B, T, C = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (B, H, T, hd)
-        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        qkv = self.qkv(self.ln1(x)).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
+        (q, k), v = apply_rope(qkv[:2], *rope), qkv[2]  # q and k rotated together: half the ops of one at a time
         if cache is not None:  # write the new keys after the final ones and attend over both
             n = cache.n
             cache.k[layer][:, :, n:n + T], cache.v[layer][:, :, n:n + T] = k, v
@@ -277,6 +278,9 @@ class Transformer(nn.Module):
         self.wpe = nn.Embedding(seq_len, d_model)
         self.blocks = nn.ModuleList(Block(d_model, n_head) for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(d_model)
+        cos, sin = rope_table(seq_len, d_model // n_head)
+        self.register_buffer('rope_cos', cos, persistent=False)  # not in the state dict: derived from the shapes
+        self.register_buffer('rope_sin', sin, persistent=False)
         self.lm_head = nn.Linear(d_model, vocab_size - 1, bias=False)  # NOTE: no row for <|mask|>, the last id
         for p in self.parameters():
             if p.dim() == 2:
@@ -287,9 +291,9 @@ class Transformer(nn.Module):
         attn_mask (T, start+T) bool or None for full attention. Returns logits (B, T, V-1).
         With a cache, the first `commit` of these positions become final and are kept."""
         start = cache.n if cache is not None else 0
-        positions = torch.arange(start, start + idx.shape[1], device=idx.device)
-        rope = rope_angles(positions, self.args['d_model'] // self.args['n_head'])
-        x = self.wte(idx) + self.wpe(positions)
+        end = start + idx.shape[1]
+        rope = self.rope_cos[start:end], self.rope_sin[start:end]
+        x = self.wte(idx) + self.wpe.weight[start:end]
         for i, block in enumerate(self.blocks):
             x = block(x, attn_mask, rope, cache, i)
         if cache is not None:
@@ -362,11 +366,11 @@ def predict(logits, temperature=0.0, generator=None):
     noise collapses the tail of the distribution). Confidence is the model's (untempered) probability of the token."""
     logits = logits.double()
     probs = logits.softmax(-1)
-    if temperature > 0:
-        u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
-        tokens = (logits / temperature - torch.log(-torch.log(u.clamp_min(1e-300)))).argmax(-1)
-    else:
-        tokens = logits.argmax(-1)
+    if temperature == 0:
+        conf, tokens = probs.max(-1)
+        return tokens, conf
+    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
+    tokens = (logits / temperature - torch.log(-torch.log(u.clamp_min(1e-300)))).argmax(-1)
     return tokens, probs.gather(-1, tokens[..., None]).squeeze(-1)
 
 
@@ -441,16 +445,17 @@ def generate(model, prompt, gen_len, block_size, attn='bidirectional', use_cache
             nfe += active
             tokens, conf = predict(logits, temperature, generator)
             pick = choose_positions(conf, todo, k, threshold)
+            step = (nfe - 1)[:, None]  # (B, 1) the step each row just took
             x[:, s:e] = torch.where(pick, tokens, x[:, s:e])
-            step_of[:, s - P:e - P][pick] = (nfe - 1)[:, None].expand(-1, block_size)[pick]
+            step_of[:, s - P:e - P] = torch.where(pick, step, step_of[:, s - P:e - P])
             if record_topk:
                 top = logits.log_softmax(-1).topk(record_topk, dim=-1)
                 top_idx[:, s - P:e - P][pick], top_logp[:, s - P:e - P][pick] = top.indices[pick], top.values[pick]
-            if early_stop:  # everything after a finalized EOS is EOS
+            if early_stop and (x[:, s:e] == EOS_ID).any():  # everything after a finalized EOS is EOS
                 resp = x[:, P:]
                 fill = ((resp == EOS_ID).cumsum(-1) > 0) & (resp == MASK_ID)
-                resp[fill] = EOS_ID
-                step_of[fill] = (nfe - 1)[:, None].expand(-1, gen_len)[fill]
+                x[:, P:] = torch.where(fill, EOS_ID, resp)
+                step_of = torch.where(fill, step, step_of)
             if on_step is not None:
                 on_step(x, s, pick, logits)
     return dict(x=x, nfe=nfe, step_of=step_of, top_idx=top_idx, top_logp=top_logp)

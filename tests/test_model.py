@@ -62,3 +62,17 @@ def test_block_causal_logits_ignore_later_blocks(tiny_model, P, B):
         assert d[:s].max() < 1e-6, f'block {b} leaked into earlier positions: max diff {d[:s].max():.2e}'
         assert (d[s:e] > 1e-6).all(), f'block {b} is not bidirectional inside: {d[s:e]}'
         assert (d[e:] > 1e-6).all(), f'block {b} does not reach later blocks: {d[e:]}'
+
+
+def test_rope_scores_depend_only_on_the_offset():
+    cos, sin = cdlm.rope_table(16, 8)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(8, generator=g), torch.randn(8, generator=g)
+
+    def score(i, j):
+        return (cdlm.apply_rope(q, cos[i], sin[i]) * cdlm.apply_rope(k, cos[j], sin[j])).sum()
+
+    assert torch.allclose(cdlm.apply_rope(q, cos[0], sin[0]), q), 'position 0 must be the identity'
+    assert torch.allclose(cdlm.apply_rope(q, cos[5], sin[5]).norm(), q.norm()), 'a rotation keeps the norm'
+    assert abs(score(3, 1) - score(12, 10)) < 1e-5, (score(3, 1), score(12, 10))
+    assert abs(score(3, 1) - score(3, 2)) > 1e-3, 'different offsets should give different scores'
