@@ -17,6 +17,7 @@ import hashlib
 import math
 import os
 import sys
+import time
 
 import tiktoken
 import torch
@@ -588,17 +589,22 @@ def cdlm_losses(model, batch, prompt_len, block_size, w_cons=0.5, w_dlm=0.1, gen
 def evaluate(model, problems, prompt_len, gen_len, block_size, attn, device, batch_size=100, **decode_kw):
     """Decode problems (prompt, response, family) and score them with the strict checker (data/tasks.py).
     attn 'causal' decodes an autoregressive model with generate_ar, anything else uses generate.
-    Returns per-problem lists: strict, answer_only, nfe, and the response texts."""
+    Returns per-problem lists: strict, answer_only, nfe, and the response texts, plus `seconds`: the wall-clock
+    of the decoding calls alone (no tokenizing or scoring), so batch_size=1 gives the latency of one request."""
     enc = get_tokenizer()
-    out = dict(strict=[], answer=[], nfe=[], text=[])
+    out = dict(strict=[], answer=[], nfe=[], text=[], seconds=0.0)
     for i in range(0, len(problems), batch_size):
         chunk = problems[i:i + batch_size]
         prompt = torch.tensor([encode_prompt(enc, p, prompt_len) for p, _, _ in chunk], device=device)
+        synchronize(device)
+        t0 = time.perf_counter()
         with autocast(device):
             if attn == 'causal':
                 res = generate_ar(model, prompt, gen_len, **decode_kw)
             else:
                 res = generate(model, prompt, gen_len, block_size, attn=attn, **decode_kw)
+        synchronize(device)
+        out['seconds'] += time.perf_counter() - t0
         for (p, _, _), row, n in zip(chunk, res['x'][:, prompt_len:], res['nfe'].tolist()):
             text = decode_response(enc, row)
             strict, answer = tasks.check(p, text)

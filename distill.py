@@ -196,12 +196,8 @@ for name, model, attn, rule in rows:
     res = cdlm.evaluate(model, test, prompt_len, gen_len, block_size, attn, device, **rule)
     f = cdlm.summarize(res, test, gen_len, block_size)
     timed = test[::max(1, len(test) // latency_problems)][:latency_problems]
-    cdlm.synchronize(device)
-    t0 = time.perf_counter()
-    for q in timed:  # batch 1: what one request costs
-        cdlm.evaluate(model, [q], prompt_len, gen_len, block_size, attn, device, **rule)
-    cdlm.synchronize(device)
-    latency = (time.perf_counter() - t0) / len(timed)
+    latency = cdlm.evaluate(model, timed, prompt_len, gen_len, block_size, attn, device, batch_size=1,
+                            **rule)['seconds'] / len(timed)  # batch 1: what one request costs
     print(f'| {name:34s} | {f["math"]["acc"]:8.1%} | {f["code"]["acc"]:8.1%} | {f["math"]["nfe"]:8.2f} | '
           f'{f["math"]["tokens_per_step"]:16.2f} | {latency * 1000:12.1f} ms |')
 print(f'done in {(time.time() - t_start) / 60:.1f} min')

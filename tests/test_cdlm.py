@@ -101,6 +101,7 @@ def test_evaluate_scores_what_generate_wrote(tiny_model):
     res = cdlm.evaluate(model, problems, 24, 48, 16, 'bidirectional', 'cpu', batch_size=3, k=8, threshold=None,
                         early_stop=False)
     assert len(res['text']) == 4 and res['strict'] == [False] * 4 and res['nfe'] == [6] * 4
+    assert 0 < res['seconds'] < 60, res['seconds']  # the decoding calls were timed
     enc = cdlm.get_tokenizer()
     prompt = torch.tensor([cdlm.encode_example(enc, p, '', 24, 48)[:24] for p, _, _ in problems])
     out = cdlm.generate(model, prompt, 48, 16, k=8, threshold=None, early_stop=False)
