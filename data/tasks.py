@@ -2,7 +2,7 @@
 The toy corpus: two task families with exactly checkable answers, in the roles GSM8K-CoT and MBPP play in the CDLM paper.
 
     math  ` 347+ 285=`                -> `>7+5+0=12<8+4+1=13>3+2+1=06 #### 632`
-    code  `a=4;b=a+3;c=b-a;print(c)`  -> `b>4+3=7;c>7-4=3;#### 3`
+    code  `a=4;b=a+3;c=b-a;print(c)`  -> `b>04+03=07;c>07-04=03;#### 3`
 
 Every response is one phrasing out of a small set of valid ones: inside each chain-of-thought step the operands of a
 commutative pair come in either order, and a marker opening the step says which (`>` the first operand's digit first,
@@ -27,7 +27,7 @@ import re
 
 FAMILIES = ('math', 'code')
 N_TEST, N_VAL = 500, 200  # problems per family in the test and val splits
-N_TRAIN = {'math': 15000, 'code': 5000}  # training problems (the code family has 5902 distinct ones)
+N_TRAIN = {'math': 20000, 'code': 12000}  # training problems (the code family has about 14800 distinct ones)
 HABIT = 0.8  # probability that a step keeps the previous step's operand order
 
 
@@ -42,10 +42,9 @@ def math_problem(rng):
 
 
 def code_problem(rng):
-    """A straight-line program: a=N, then b and c each from earlier values with + - *, every value a digit 0..9.
-    NOTE: one digit on purpose, like a math column. With values up to 20 the teacher's second step was wrong half the
-    time, nearly always its result with the operands right (`c>14-04=08`): two-digit facts such as 14-4 come up about
-    29 times each in training, too rarely for a 0.9M-parameter model trained for minutes."""
+    """A straight-line program: a=N, then b and c each from earlier values with + - *, all values kept in 0..20.
+    NOTE: small values on purpose: each step does its arithmetic in one shot, and a 0.9M-parameter teacher trained
+    for minutes learned products like 24*3 poorly (51% strict with values up to 99)."""
     while True:
         env = {'a': rng.randint(2, 9)}
         lines = [f"a={env['a']}"]
@@ -55,7 +54,7 @@ def code_problem(rng):
             op = rng.choice('+-*')
             env[name] = eval(f"{env[left]}{op}{env.get(right, right)}")  # noqa: S307, digits and + - * only
             lines.append(f'{name}={left}{op}{right}')
-        if all(0 <= v <= 9 for v in env.values()):
+        if all(0 <= v <= 20 for v in env.values()):
             return ';'.join(lines) + f";print({rng.choice('bc')})"
 
 
@@ -102,14 +101,15 @@ def math_steps(a, op, b):
 
 
 def code_steps(a, expr_b, expr_c, target):
-    """One step per assignment after `a`: name, order marker, value op value=result, every value one digit, so each
-    step has the same width. + and * take either order (`b>4+3=7` or `b<3+4=7`); - only `>`."""
+    """One step per assignment after `a`: name, order marker, value op value=result, every value in a two-digit field
+    so each step has the same width. + and * take either order (`b>04+03=07` or `b<03+04=07`); - only `>`."""
     env, steps = {'a': int(a)}, []
     for name, expr in (('b', expr_b), ('c', expr_c)):
         left, op, right = re.fullmatch(r'([abc\d])([+*-])([abc\d])', expr).groups()
         u, v = (env[t] if t in env else int(t) for t in (left, right))
         env[name] = eval(f'{u}{op}{v}')  # noqa: S307, digits and + - * only
-        steps.append((f'{name}>{u}{op}{v}={env[name]}',) + ((f'{name}<{v}{op}{u}={env[name]}',) if op in '+*' else ()))
+        steps.append((f'{name}>{u:02d}{op}{v:02d}={env[name]:02d}',) +
+                     ((f'{name}<{v:02d}{op}{u:02d}={env[name]:02d}',) if op in '+*' else ()))
     return steps, env[target]
 
 

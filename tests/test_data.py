@@ -40,15 +40,14 @@ def test_math_checker_by_hand():
 
 
 def test_code_checker_by_hand():
-    p = 'a=4;b=a+3;c=b-a;print(c)'
-    assert tasks.check(p, 'b>4+3=7;c>7-4=3;#### 3') == (True, True)
-    assert tasks.check(p, 'b<3+4=7;c>7-4=3;#### 3') == (True, True)
-    assert tasks.check(p, 'b>3+4=7;c>7-4=3;#### 3') == (False, True)  # marker disagrees
-    assert tasks.check(p, 'b>04+03=07;c>07-04=03;#### 3') == (False, True)  # one-digit fields
-    assert tasks.check(p, 'b>4+3=7;c>7-4=2;#### 3') == (False, True)
-    assert tasks.check(p, 'b>4+3=7;c>7-4=3;#### 7') == (False, False)
-    assert tasks.check('a=5;b=a-2;c=b-1;print(b)', 'b<2-5=3;c>3-1=2;#### 3') == (False, True)  # - is ordered
-    assert tasks.check('a=3;b=a*3;c=b-a;print(c)', 'b<3*3=9;c>9-3=6;#### 6') == (True, True)
+    p = 'a=4;b=a+3;c=b*a;print(c)'
+    assert tasks.check(p, 'b>04+03=07;c>07*04=28;#### 28') == (True, True)
+    assert tasks.check(p, 'b<03+04=07;c<04*07=28;#### 28') == (True, True)
+    assert tasks.check(p, 'b>03+04=07;c>07*04=28;#### 28') == (False, True)  # marker disagrees
+    assert tasks.check(p, 'b>4+3=7;c>7*4=28;#### 28') == (False, True)  # values fill two-digit fields
+    assert tasks.check(p, 'b>04+03=07;c>07*04=29;#### 28') == (False, True)
+    assert tasks.check(p, 'b>04+03=07;c>07*04=28;#### 7') == (False, False)
+    assert tasks.check('a=5;b=a-2;c=b-1;print(b)', 'b<02-05=03;c>03-01=02;#### 3') == (False, True)  # - is ordered
 
 
 def test_render_draws_every_phrasing():
@@ -65,9 +64,9 @@ def test_render_orders_follow_the_habit():
     kept = sum(m[i] == m[i - 1] for m in markers for i in range(1, 4)) / (3 * n)
     assert abs(first - 0.5) < 0.03 and abs(kept - tasks.HABIT) < 0.03, (first, kept)
     # a step with one valid order (code's `-` is `>` only) takes it, and the next step follows it
-    codes = [tasks.render('a=9;b=a-2;c=b+1;print(c)', rng) for _ in range(1000)]
+    codes = [tasks.render('a=9;b=a-2;c=b+3;print(c)', rng) for _ in range(1000)]
     assert all(r[1] == '>' for r in codes)
-    assert abs(sum(r[9] == '>' for r in codes) / 1000 - tasks.HABIT) < 0.04
+    assert abs(sum(r[12] == '>' for r in codes) / 1000 - tasks.HABIT) < 0.04
 
 
 def test_normalize_puts_typed_math_in_columns():
