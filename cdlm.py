@@ -272,7 +272,7 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """A pre-norm transformer whose logits at position i predict token i (no shift), over a fixed-length canvas."""
 
-    def __init__(self, vocab_size=VOCAB_SIZE, seq_len=72, n_layer=6, n_head=4, d_model=96):
+    def __init__(self, vocab_size=VOCAB_SIZE, seq_len=72, n_layer=4, n_head=4, d_model=128):
         super().__init__()
         self.args = dict(vocab_size=vocab_size, seq_len=seq_len, n_layer=n_layer, n_head=n_head, d_model=d_model)
         self.wte = nn.Embedding(vocab_size, d_model)

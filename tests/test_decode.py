@@ -139,7 +139,7 @@ def test_kv_cache_is_exact_over_random_draws():
 
 @pytest.mark.slow
 def test_kv_cache_is_exact_on_a_default_sized_model():
-    exactness_sweep(100, seq_len=72, n_layer=6, d_model=96, seed=1)
+    exactness_sweep(100, seq_len=72, n_layer=4, d_model=128, seed=1)
 
 
 def test_autoregressive_decoding_with_and_without_cache(tiny_model):
