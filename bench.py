@@ -19,7 +19,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
@@ -80,7 +79,6 @@ test = cdlm.tasks.build_splits()['test']
 if quick:
     test = cdlm.tasks.per_family(test, 8)
 timed = [q for q in test if q[2] == 'math'][:timed_problems]
-enc = cdlm.get_tokenizer()
 
 
 def decode(name, attn, rule, problems, batch_size=100):
@@ -141,21 +139,14 @@ args = dict(models['student'].args)
 mults = [int(m) for m in scaling.split(',')]
 args['seq_len'] = prompt_len + gen_len * max(mults)
 scale_model = cdlm.Transformer(**args).to(device).eval()
-prompt = torch.tensor([cdlm.encode_prompt(enc, timed[0][0], prompt_len)], device=device)
 scaling_rows = []
 for m in mults:
     times = {}
     for use_cache in (False, True):
-        runs = []
-        for _ in range(repeats + 1):  # the first is a warm-up
-            cdlm.synchronize(device)
-            t0 = time.perf_counter()
-            with cdlm.autocast(device):
-                cdlm.generate(scale_model, prompt, gen_len * m, block_size, attn='block_causal', use_cache=use_cache,
-                              k=block_size // 2, threshold=None, early_stop=False)
-            cdlm.synchronize(device)
-            runs.append(time.perf_counter() - t0)
-        times[use_cache] = statistics.median(runs[1:])
+        runs = [cdlm.evaluate(scale_model, timed[:1], prompt_len, gen_len * m, block_size, 'block_causal', device,
+                              batch_size=1, use_cache=use_cache, k=block_size // 2, threshold=None,
+                              early_stop=False)['seconds'] for _ in range(repeats + 1)]
+        times[use_cache] = statistics.median(runs[1:])  # the first run is a warm-up
     scaling_rows.append(dict(gen_len=gen_len * m, uncached_s=times[False], cached_s=times[True],
                              speedup=times[False] / times[True]))
 print('\n| gen_len | uncached | cached | cache speed-up |\n|---|---|---|---|')
