@@ -338,6 +338,15 @@ def mask_tokens(x0, maskable, t, generator=None):
     return torch.where(hidden, MASK_ID, x0), hidden
 
 
+def mask_block(resp, b, block_size, t, generator=None):
+    """The states semi-autoregressive decoding meets (BD3-LM's noise, Arriola et al., arXiv 2503.09573): blocks before
+    b clean, block b hidden with probability t, later blocks all masked. resp (N, L) response tokens, b (N,) block
+    indices. Returns xt and `hidden`, the block-b positions to score (later blocks are masked but not scored)."""
+    blk = torch.arange(resp.shape[1], device=resp.device)[None, :] // block_size
+    hidden = (blk == b[:, None]) & (torch.rand(resp.shape, generator=generator, device=resp.device) < t[:, None])
+    return torch.where(hidden | (blk > b[:, None]), MASK_ID, resp), hidden
+
+
 def mdm_loss(logits, x0, hidden, t, norm):
     """Masked-diffusion ELBO (MDLM, arXiv 2406.07524; LLaDA's SFT loss, arXiv 2502.09992): cross-entropy on hidden
     positions weighted by 1/t, summed and divided by `norm` maskable positions per row (the response length).
@@ -562,10 +571,7 @@ def cdlm_losses(model, batch, prompt_len, block_size, w_cons=0.5, w_dlm=0.1, gen
     inputs = [trajectory_state(x, step_of, prompt_len, k_y)]
     if w_dlm:  # ground truth: blocks < b clean, block b masked with probability t, later blocks unseen anyway
         t = antithetic_t(N, generator=generator, device=dev)
-        blk = torch.arange(L, device=dev)[None, :] // block_size
-        resp = gt[:, prompt_len:]
-        hidden = (blk == b[:, None]) & (torch.rand(resp.shape, generator=generator, device=dev) < t[:, None])
-        xt = torch.where(hidden | (blk > b[:, None]), MASK_ID, resp)
+        xt, hidden = mask_block(gt[:, prompt_len:], b, block_size, t, generator)
         inputs.append(torch.cat([gt[:, :prompt_len], xt], dim=1))
     logits = model(torch.cat(inputs), mask)[:, prompt_len:]  # (N or 2N, L, V-1)
     p_teacher = torch.zeros(N, L, logits.shape[-1], device=dev).scatter_(

@@ -26,6 +26,18 @@ def test_mask_tokens_hides_only_maskable_positions_at_rate_t():
     assert (rate - t).abs().max() < 0.05, rate
 
 
+def test_mask_block_matches_semi_autoregressive_states():
+    """Blocks before b clean, block b hidden at rate t (and scored), later blocks masked but not scored."""
+    resp = torch.arange(1, 7).repeat(3, 1)  # (3, 6): blocks of 2
+    b, t = torch.tensor([0, 1, 2]), torch.tensor([1.0, 1.0, 0.0])
+    xt, hidden = cdlm.mask_block(resp, b, 2, t, torch.Generator().manual_seed(0))
+    M = cdlm.MASK_ID
+    assert xt.tolist() == [[M, M, M, M, M, M], [1, 2, M, M, M, M], [1, 2, 3, 4, 5, 6]]
+    assert hidden.int().tolist() == [[1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0], [0] * 6]
+    rate = cdlm.mask_block(torch.ones(1, 4000), torch.tensor([0]), 4000, torch.tensor([0.3]))[1].float().mean()
+    assert abs(rate - 0.3) < 0.03, rate
+
+
 def test_mdm_loss_ignores_visible_positions():
     torch.manual_seed(0)
     x0 = torch.randint(0, 256, (3, 10))
