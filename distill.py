@@ -37,13 +37,13 @@ gen_len = 48  # must match the teacher; a multiple of block_size
 block_size = 16  # the student's block B
 # trajectories
 n_traj = 2000  # training prompts the teacher decodes, split evenly over the temperatures
-temperatures = '0,0.5'  # teacher sampling temperatures (the paper: {0, 0.5}; 1.0 hurts)
+temperatures = '0'  # teacher sampling temperatures (paper: '0,0.5'; greedy alone distils better here, see README)
 topk = 8  # teacher log-probs kept per position
 traj_batch = 250  # prompts decoded at once
 # losses
 w_distill = 1.0  # distillation: KL(teacher at finalization || student at the earlier state)
 w_cons = 0.5  # consistency: KL(student at a later state || student at the earlier state)
-w_dlm = 0.1  # auxiliary masked-diffusion loss on the ground truth
+w_dlm = 0.3  # auxiliary masked-diffusion loss on the ground truth (paper: 0.1 LLaDA, 0.01 Dream; README says why 0.3)
 # optim
 batch_size = 32  # trajectories per iteration
 max_iters = 1500  # optimizer steps
