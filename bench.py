@@ -1,12 +1,13 @@
 """
 One run, one table: the CDLM student against the baselines the paper names and a same-size autoregressive model,
-measured side by side on this machine. Absolute times are noisy; ratios taken in one run are not.
+measured side by side on this machine. Absolute times are noisy; ratios taken in one run, with the rows timed in
+turn round after round, much less so.
 
     python bench.py                              # checkpoints from out/ (python distill.py makes them)
     python bench.py --quick                      # tiny random-init models, about a minute on a CPU (smoke test)
     python bench.py --peak_tflops=990 --peak_gbps=3350 --device=cuda   # add the roofline bound (H100 SXM, bf16)
 
-Rows, all greedy at batch 1 after a warm-up, median of `repeats` timed runs:
+Rows, all greedy at batch 1 after a warm-up, median of `repeats` timed rounds:
   teacher 1 token/step (vanilla, no cache) | teacher naive step truncation to the student's budget |
   teacher threshold (Fast-dLLM, no cache)  | student uncached | student cached | autoregressive model with a KV cache.
 The autoregressive model has the same width, depth and corpus; when missing it is trained with train_teacher.py
@@ -21,6 +22,7 @@ import subprocess
 import sys
 
 import torch
+from tqdm import tqdm
 
 import cdlm
 
@@ -31,7 +33,7 @@ student_ckpt = 'student.pt'  # from distill.py
 ar_ckpt = 'ar.pt'  # trained here when missing
 threshold = 0.9  # tau for threshold decoding
 timed_problems = 50  # math test problems decoded at batch 1 per row for latency
-repeats = 3  # timed repeats; the median is reported
+repeats = 5  # timed rounds (every row once per round); the median is reported
 scaling = '1,2,4,8'  # cache scaling: generation lengths as multiples of gen_len
 peak_tflops = 0.0  # > 0: the device's peak TFLOP/s, for the roofline bound
 peak_gbps = 0.0  # > 0: the device's memory bandwidth in GB/s, for the roofline bound
@@ -86,13 +88,6 @@ def decode(name, attn, rule, problems, batch_size=100):
                          **rule)
 
 
-def latency(name, attn, rule):
-    """Median over repeats of the mean batch-1 wall-clock per timed problem, after one warm-up problem."""
-    decode(name, attn, rule, timed[:1], batch_size=1)
-    runs = [decode(name, attn, rule, timed, batch_size=1) for _ in range(repeats)]
-    return statistics.median(r['seconds'] for r in runs) / len(timed), runs[-1]
-
-
 # the rows: student first, since naive truncation gets the student's step budget
 rules = {
     'student, cached': ('student', 'block_causal', dict(k=None, threshold=threshold, use_cache=True)),
@@ -103,24 +98,34 @@ rules = {
     'autoregressive, cached': ('ar', 'causal', dict(use_cache=True)),
 }
 rows, outputs = {}, {}
-for name in list(rules):
+for name in list(rules):  # accuracy: every test problem, batched
     if name == 'teacher, truncated':  # the same number of passes as the student, spread evenly over the blocks
         budget = max(1, round(rows['student, cached']['nfe_math'] / (gen_len // block_size)))
         k = math.ceil(block_size / budget)
         rules[name] = ('teacher', 'bidirectional', dict(k=k, threshold=None, early_stop=False))
         name_shown = f'teacher, truncated to {budget} steps/block'
-    model, attn, rule = rules[name]
-    res = decode(model, attn, rule, test)
+    res = decode(*rules[name], test)
     outputs[name] = res['text']
     f = cdlm.summarize(res, test, gen_len, block_size)
-    sec, res1 = latency(model, attn, rule)
+    rows[name] = dict(acc_math=f['math']['acc'], acc_code=f['code']['acc'], answer_acc_math=f['math']['answer_acc'],
+                      nfe_math=f['math']['nfe'], tokens_per_step=f['math']['tokens_per_step'])
+    print(f'{name}: {rows[name]}')
+
+# latency at batch 1: a warm-up problem per row, then `repeats` rounds that each time every row in turn, so a slow
+# spell of the machine hits all rows alike; the median round per row
+for rule in rules.values():
+    decode(*rule, timed[:1], batch_size=1)
+seconds, last = {name: [] for name in rules}, {}
+for _ in tqdm(range(repeats), desc='timing', unit='round'):
+    for name, rule in rules.items():
+        last[name] = decode(*rule, timed, batch_size=1)
+        seconds[name].append(last[name]['seconds'] / len(timed))
+for name, res1 in last.items():
     f1 = cdlm.summarize(res1, timed, gen_len, block_size)['math']
     n_tok = f1['tokens_per_step'] * f1['nfe']  # generated tokens per timed problem: the answer and its EOS
-    rows[name] = dict(acc_math=f['math']['acc'], acc_code=f['code']['acc'], answer_acc_math=f['math']['answer_acc'],
-                      nfe_math=f['math']['nfe'], tokens_per_step=f['math']['tokens_per_step'], latency_s=sec,
-                      tokens_per_s=n_tok / sec,
-                      batch1_matches=res1['text'] == [t for t, q in zip(res['text'], test) if q in timed])
-    print(f'{name}: {rows[name]}')
+    sec = statistics.median(seconds[name])
+    rows[name].update(latency_s=sec, tokens_per_s=n_tok / sec,
+                      batch1_matches=res1['text'] == [t for t, q in zip(outputs[name], test) if q in timed])
 base = rows['teacher, 1 token/step']['latency_s']
 for r in rows.values():
     r['speedup'] = base / r['latency_s']
