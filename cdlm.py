@@ -98,10 +98,19 @@ def pick_device(name='auto'):
     return name
 
 
-def autocast(device):
-    """bf16 autocast on CUDA, full fp32 elsewhere."""
+def cpu_has_bf16():
+    """Does this CPU multiply bf16 in hardware (AVX512-BF16 or AMX)? Elsewhere bf16 is emulated, slower than fp32."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def autocast(device, train=False):
+    """bf16 autocast on CUDA. On a CPU only for training (train=True) and only where cpu_has_bf16(); else fp32.
+    NOTE: measured on a 2-core Zen 4 (AVX512-BF16): a teacher training step takes 70 ms in bf16 against 125 in fp32.
+    Decoding on a CPU stays fp32: a batch-1 step there costs per-call overhead, not arithmetic."""
     if device.startswith('cuda'):
         return torch.autocast('cuda', dtype=torch.bfloat16)
+    if train and device == 'cpu' and cpu_has_bf16():
+        return torch.autocast('cpu', dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -246,6 +255,19 @@ def apply_rope(x, cos, sin):
     return (x * cos + torch.cat([-x2, x1], dim=-1) * sin).type_as(x)
 
 
+def attend(q, k, v, attn_mask=None):
+    """softmax(q k^T / sqrt(head_dim)) v for (B, H, T, head_dim) tensors; attn_mask (T, S) bool, True = may attend.
+    PyTorch's fused kernel, except under bf16 autocast on a CPU, where the three plain steps below run instead.
+    NOTE: measured with torch 2.13 on a 2-core Zen 4: the fused CPU kernel's backward takes 16 ms per layer in bf16
+    against 4.4 in fp32 (batch 32, 72 tokens), which cancelled all of bf16's gain; the plain form is not slower."""
+    if not (q.device.type == 'cpu' and torch.is_autocast_enabled('cpu')):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float('-inf'))
+    return scores.float().softmax(-1).to(v.dtype) @ v
+
+
 class Block(nn.Module):
     def __init__(self, d_model, n_head):
         super().__init__()
@@ -264,7 +286,7 @@ class Block(nn.Module):
             n = cache.n
             cache.k[layer][:, :, n:n + T], cache.v[layer][:, :, n:n + T] = k, v
             k, v = cache.k[layer][:, :, :n + T].to(q.dtype), cache.v[layer][:, :, :n + T].to(q.dtype)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        y = attend(q, k, v, attn_mask)
         x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
         return x + self.mlp(self.ln2(x))
 

@@ -58,6 +58,7 @@ latency_problems = 20  # math test problems timed one at a time (batch 1), after
 # system
 device = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
 threads = 0  # torch CPU threads, 0 = one per core
+bf16 = True  # train the student in bf16 autocast on CPUs that multiply bf16 natively (AVX512-BF16, AMX; CUDA always)
 seed = 1337  # drives trajectories, batches, masking and sampling
 config = cdlm.configure(globals(), doc=__doc__)  # --key=value overrides; --help lists them
 # -----------------------------------------------------------------------------
@@ -162,7 +163,7 @@ try:
     while iter_num < max_iters:
         idx = torch.randint(len(traj['x']), (batch_size,), generator=gen, device=device)
         batch = {k: v[idx] for k, v in traj.items() if k != 'meta'}
-        with cdlm.autocast(device):
+        with cdlm.autocast(device, train=bf16):
             losses = cdlm.cdlm_losses(student, batch, prompt_len, block_size, w_cons, w_dlm, gen)
         loss = w_distill * losses['loss_distill'] + w_cons * losses['loss_cons'] + w_dlm * losses['loss_dlm']
         cdlm.optimizer_step(student, optimizer, loss, cdlm.cosine_lr(iter_num, lr, min_lr, warmup_iters, max_iters),

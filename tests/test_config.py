@@ -36,8 +36,12 @@ def test_configure_help_prints_defaults(capsys):
 def test_device_helpers_on_cpu():
     assert cdlm.pick_device('cpu') == 'cpu'
     assert cdlm.pick_device('auto') in ('cuda', 'mps', 'cpu')
-    with cdlm.autocast('cpu'):
-        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
+    ones = torch.ones(2, 2)
+    with cdlm.autocast('cpu'):  # decoding on a CPU: always fp32
+        assert ones.matmul(ones).dtype == torch.float32
+    with cdlm.autocast('cpu', train=True):  # training: bf16 only where the CPU has it natively
+        assert ones.matmul(ones).dtype == (torch.bfloat16 if cdlm.cpu_has_bf16() else torch.float32)
+    assert isinstance(cdlm.cpu_has_bf16(), bool)
     cdlm.synchronize('cpu')
 
 

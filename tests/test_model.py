@@ -76,3 +76,18 @@ def test_rope_scores_depend_only_on_the_offset():
     assert torch.allclose(cdlm.apply_rope(q, cos[5], sin[5]).norm(), q.norm()), 'a rotation keeps the norm'
     assert abs(score(3, 1) - score(12, 10)) < 1e-5, (score(3, 1), score(12, 10))
     assert abs(score(3, 1) - score(3, 2)) > 1e-3, 'different offsets should give different scores'
+
+
+@pytest.mark.parametrize('masked', [False, True])
+def test_attend_matches_softmax_attention_in_fp32_and_under_cpu_bf16(masked):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 5, 8, generator=g) for _ in range(3))
+    mask = (torch.rand(5, 5, generator=g) < 0.5) | torch.eye(5, dtype=torch.bool) if masked else None
+    scores = q.double() @ k.double().transpose(-2, -1) / 8 ** 0.5
+    if masked:
+        scores = scores.masked_fill(~mask, float('-inf'))
+    want = scores.softmax(-1) @ v.double()
+    assert torch.allclose(cdlm.attend(q, k, v, mask).double(), want, atol=1e-5)  # fp32: PyTorch's fused kernel
+    with torch.autocast('cpu', dtype=torch.bfloat16):  # the explicit form, whatever this CPU's bf16 speed
+        y = cdlm.attend(q, k, v, mask)
+    assert y.dtype == torch.bfloat16 and torch.allclose(y.double(), want, atol=3e-2)
