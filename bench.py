@@ -81,7 +81,7 @@ else:
 test = cdlm.tasks.build_splits()['test']
 if quick:
     test = cdlm.tasks.per_family(test, 8)
-timed = [q for q in test if q[2] == 'math'][:timed_problems]
+timed = cdlm.tasks.of_family(test, 'math')[:timed_problems]
 
 
 def decode(name, attn, rule, problems, batch_size=100):

@@ -193,7 +193,7 @@ rows = [('teacher, 1 token/step', teacher, 'bidirectional', dict(k=1, threshold=
         (f'teacher, threshold {threshold}', teacher, 'bidirectional', dict(k=None, threshold=threshold)),
         (f'student, threshold {threshold}, cached', student, 'block_causal',
          dict(k=None, threshold=threshold, use_cache=True))]
-math_test = [q for q in test if q[2] == 'math']
+math_test = cdlm.tasks.of_family(test, 'math')
 timed = math_test[::max(1, len(math_test) // latency_problems)][:latency_problems]  # math, like the NFE column
 print(f'\n| {"decoding":34s} | math acc | code acc | math NFE | math tokens/step | math latency |')
 print(f'|{"-" * 36}|----------|----------|----------|------------------|--------------|')

@@ -113,9 +113,14 @@ def code_steps(a, expr_b, expr_c, target):
     return steps, env[target]
 
 
+def of_family(problems, family):
+    """The problems (prompt, response, family) of one family, in their order."""
+    return [q for q in problems if q[2] == family]
+
+
 def per_family(problems, n):
     """The first n problems of each family, families in FAMILIES order."""
-    return [q for fam in FAMILIES for q in [q for q in problems if q[2] == fam][:n]]
+    return [q for fam in FAMILIES for q in of_family(problems, fam)[:n]]
 
 
 def normalize(prompt):

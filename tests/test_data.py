@@ -77,3 +77,9 @@ def test_normalize_puts_typed_math_in_columns():
 def test_per_family_takes_the_first_n_of_each():
     problems = [('m1', '', 'math'), ('c1', '', 'code'), ('m2', '', 'math'), ('m3', '', 'math'), ('c2', '', 'code')]
     assert tasks.per_family(problems, 2) == [problems[0], problems[2], problems[1], problems[4]]
+
+
+def test_of_family_keeps_one_family_in_order():
+    problems = [('m1', '', 'math'), ('c1', '', 'code'), ('m2', '', 'math'), ('c2', '', 'code')]
+    assert tasks.of_family(problems, 'code') == [problems[1], problems[3]]
+    assert tasks.of_family(problems, 'math') == [problems[0], problems[2]]
