@@ -163,7 +163,7 @@ try:
     while iter_num < max_iters:
         idx = torch.randint(len(traj['x']), (batch_size,), generator=gen, device=device)
         batch = {k: v[idx] for k, v in traj.items() if k != 'meta'}
-        with cdlm.autocast(device, train=bf16):
+        with cdlm.autocast(device, cpu_bf16=bf16):
             losses = cdlm.cdlm_losses(student, batch, prompt_len, block_size, w_cons, w_dlm, gen)
         loss = w_distill * losses['loss_distill'] + w_cons * losses['loss_cons'] + w_dlm * losses['loss_dlm']
         cdlm.optimizer_step(student, optimizer, loss, cdlm.cosine_lr(iter_num, lr, min_lr, warmup_iters, max_iters),

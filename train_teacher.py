@@ -94,11 +94,11 @@ kind, attn = ('teacher', 'bidirectional') if objective == 'mdm' else ('ar', 'cau
 
 def loss_on(x0, t):
     if objective == 'ar':  # next-token cross-entropy on the response under the causal mask
-        with cdlm.autocast(device, train=bf16):
+        with cdlm.autocast(device, cpu_bf16=bf16):
             logits = train_model(x0[:, :-1], causal)  # (B, T-1, V-1): position i predicts token i+1
         return F.cross_entropy(logits[:, prompt_len - 1:].flatten(0, 1).float(), x0[:, prompt_len:].flatten())
     xt, hidden = cdlm.mask_tokens(x0, response, t, gen)
-    with cdlm.autocast(device, train=bf16):
+    with cdlm.autocast(device, cpu_bf16=bf16):
         logits = train_model(xt)  # (B, T, V-1), full bidirectional attention
     return cdlm.mdm_loss(logits, x0, hidden, t, gen_len)
 

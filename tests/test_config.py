@@ -39,7 +39,7 @@ def test_device_helpers_on_cpu():
     ones = torch.ones(2, 2)
     with cdlm.autocast('cpu'):  # decoding on a CPU: always fp32
         assert ones.matmul(ones).dtype == torch.float32
-    with cdlm.autocast('cpu', train=True):  # training: bf16 only where the CPU has it natively
+    with cdlm.autocast('cpu', cpu_bf16=True):  # training: bf16 only where the CPU has it natively
         assert ones.matmul(ones).dtype == (torch.bfloat16 if cdlm.cpu_has_bf16() else torch.float32)
     assert isinstance(cdlm.cpu_has_bf16(), bool)
     cdlm.synchronize('cpu')
