@@ -62,8 +62,8 @@ else:
         _, meta = cdlm.load_checkpoint(path['teacher'], device, hint='python distill.py')
         c = meta['config']
         print(f'no autoregressive model at {path["ar"]}: training one with the teacher\'s steps and batch size')
-        keys = ('prompt_len', 'gen_len', 'block_size', 'n_layer', 'n_head', 'd_model', 'batch_size', 'max_iters', 'lr',
-                'bf16')
+        keys = ('prompt_len', 'gen_len', 'block_size', 'code_weight', 'n_layer', 'n_head', 'd_model', 'batch_size',
+                'max_iters', 'lr', 'bf16')
         cmd = [sys.executable, os.path.join(here, 'train_teacher.py'), '--objective=ar', f'--out_dir={out_dir}',
                f'--ckpt_name={ar_ckpt}', f'--device={device}'] + [f'--{k}={c[k]}' for k in keys if k in c]
         if subprocess.run(cmd).returncode:

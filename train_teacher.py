@@ -22,20 +22,21 @@ out_dir = 'out'  # checkpoints go here
 ckpt_name = 'teacher.pt'  # file name inside out_dir
 init_from = 'scratch'  # 'scratch' or 'resume'
 objective = 'mdm'  # 'mdm': the masked-diffusion teacher; 'ar': a same-size autoregressive baseline (for bench.py)
-eval_interval = 2100  # iterations between evaluations and checkpoints
+eval_interval = 2750  # iterations between evaluations and checkpoints
 eval_problems = 50  # val problems per family decoded at each eval (one token per step)
 final_report = 500  # at the end, decode this many test problems per family with three rules (0 = skip)
 # data
 prompt_len = 24  # every prompt is left-padded to this many tokens
 gen_len = 48  # response length L, EOS-padded; a multiple of block_size
 block_size = 16  # decoding block B (the student's block; the teacher decodes semi-autoregressively with it)
+code_weight = 1.5  # a code row is drawn this many times as often as a math row (the families share the steps: README)
 # model
 n_layer = 4  # transformer blocks
 n_head = 4  # attention heads
 d_model = 128  # width
 # optim
 batch_size = 32  # sequences per iteration (small batches learn more per example here)
-max_iters = 8400  # optimizer steps: the schedule is by steps, never by wall-clock
+max_iters = 11000  # optimizer steps: the schedule is by steps, never by wall-clock
 lr = 1e-3  # peak AdamW learning rate
 min_lr = 1e-4  # floor of the cosine decay
 warmup_iters = 100  # linear warm-up steps
@@ -45,7 +46,7 @@ grad_clip = 1.0  # max gradient norm (0 = off)
 device = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
 threads = 0  # torch CPU threads, 0 = one per core
 compile = False  # torch.compile the model
-bf16 = False  # train in bf16 autocast on CPUs that multiply bf16 natively (AVX512-BF16, AMX; CUDA always): README
+bf16 = True  # train in bf16 autocast on CPUs that multiply bf16 natively (AVX512-BF16, AMX; CUDA always): README
 seed = 1337  # drives init, batches and masking
 config = cdlm.configure(globals(), doc=__doc__)  # --key=value overrides; --help lists them
 # -----------------------------------------------------------------------------
@@ -59,9 +60,12 @@ out_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), out_dir, ckp
 print('config:', config)
 
 # data: every split tokenized up front, (N, prompt_len + gen_len)
-x_train, _ = cdlm.load_split('train', prompt_len, gen_len)
+x_train, train_problems = cdlm.load_split('train', prompt_len, gen_len)
 x_val, val_problems = cdlm.load_split('val', prompt_len, gen_len)
 x_train, x_val = x_train.to(device), x_val.to(device)
+if code_weight <= 0:
+    cdlm.fail(f'code_weight={code_weight} must be positive')
+row_weight = torch.tensor([code_weight if fam == 'code' else 1.0 for _, _, fam in train_problems], device=device)
 eval_set = cdlm.tasks.per_family(val_problems, eval_problems)
 print(f'train {len(x_train)} examples, val {len(x_val)}, tokens per example {x_train.shape[1]}')
 
@@ -127,7 +131,7 @@ def save(metrics):
 metrics, t0, t_start = {}, time.time(), time.time()
 try:
     while iter_num < max_iters:
-        x0 = x_train[torch.randint(len(x_train), (batch_size,), generator=gen, device=device)]
+        x0 = x_train[torch.multinomial(row_weight, batch_size, replacement=True, generator=gen)]
         loss = loss_on(x0, cdlm.antithetic_t(batch_size, generator=gen, device=device))
         cdlm.optimizer_step(model, optimizer, loss, cdlm.cosine_lr(iter_num, lr, min_lr, warmup_iters, max_iters),
                             grad_clip)
