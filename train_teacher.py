@@ -53,6 +53,8 @@ config = cdlm.configure(globals(), doc=__doc__)  # --key=value overrides; --help
 
 if gen_len % block_size:
     cdlm.fail(f'gen_len={gen_len} is not a multiple of block_size={block_size}')
+if code_weight <= 0:
+    cdlm.fail(f'code_weight={code_weight} must be positive')
 torch.manual_seed(seed)
 torch.set_num_threads(threads or os.cpu_count())
 device = cdlm.pick_device(device)
@@ -63,8 +65,6 @@ print('config:', config)
 x_train, train_problems = cdlm.load_split('train', prompt_len, gen_len)
 x_val, val_problems = cdlm.load_split('val', prompt_len, gen_len)
 x_train, x_val = x_train.to(device), x_val.to(device)
-if code_weight <= 0:
-    cdlm.fail(f'code_weight={code_weight} must be positive')
 row_weight = torch.tensor([code_weight if fam == 'code' else 1.0 for _, _, fam in train_problems], device=device)
 eval_set = cdlm.tasks.per_family(val_problems, eval_problems)
 print(f'train {len(x_train)} examples, val {len(x_val)}, tokens per example {x_train.shape[1]}')

@@ -58,6 +58,7 @@ def test_distill_end_to_end(teacher_dir):
     ('train_teacher.py', ['--nope=1'], "unknown config key 'nope'; valid keys: out_dir"),
     ('train_teacher.py', ['--max_iters=ten'], '--max_iters=ten: expected a int'),
     ('train_teacher.py', ['--gen_len=50'], 'not a multiple of block_size'),
+    ('train_teacher.py', ['--code_weight=0'], 'code_weight=0.0 must be positive'),
     ('distill.py', ['--gen_len=50'], 'not a multiple of block_size'),
     ('sample.py', ['--ckpt=/nonexistent/teacher.pt'], 'create it with `python distill.py`'),
 ])
