@@ -1,5 +1,6 @@
 """The --key=value parser, device helpers and checkpoints: coercions, clear errors, atomic weights_only files."""
 import os
+import warnings
 
 import pytest
 import torch
@@ -42,7 +43,21 @@ def test_device_helpers_on_cpu():
     with cdlm.autocast('cpu', cpu_bf16=True):  # training: bf16 only where the CPU has it natively
         assert ones.matmul(ones).dtype == (torch.bfloat16 if cdlm.cpu_has_bf16() else torch.float32)
     assert isinstance(cdlm.cpu_has_bf16(), bool)
+
+
+def test_gpu_paths_without_a_gpu(monkeypatch):
+    """The CUDA branches, checked on a CPU: timing waits for the GPU only on CUDA, and CUDA autocasts to bf16."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, 'synchronize', lambda: calls.append(1))
     cdlm.synchronize('cpu')
+    assert calls == []
+    cdlm.synchronize('cuda')
+    cdlm.synchronize('cuda:1')
+    assert calls == [1, 1]
+    with warnings.catch_warnings():  # torch warns that CUDA is missing, and disables the context: fine here
+        warnings.simplefilter('ignore')
+        ctx = cdlm.autocast('cuda')
+    assert isinstance(ctx, torch.autocast) and ctx.device == 'cuda' and ctx.fast_dtype == torch.bfloat16
 
 
 def test_cosine_lr_schedule():
