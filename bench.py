@@ -1,7 +1,7 @@
 """
 One run, one table: the CDLM student against the baselines the paper names and a same-size autoregressive model,
-measured side by side on this machine. Absolute times are noisy; ratios taken in one run, with the rows timed in
-turn round after round, much less so.
+measured side by side on this machine. Absolute times are noisy; ratios taken in one run, with every timed problem
+decoded by every row in turn, much less so.
 
     python bench.py                              # checkpoints from out/ (python distill.py makes them)
     python bench.py --quick                      # tiny random-init models, about a minute on a CPU (smoke test)
@@ -112,15 +112,21 @@ for name in list(rules):  # accuracy: every test problem, batched
                       nfe_math=f['math']['nfe'], tokens_per_step=f['math']['tokens_per_step'])
     print(f'{name}: {rows[name]}')
 
-# latency at batch 1: a warm-up problem per row, then `repeats` rounds that each time every row in turn, so a slow
-# spell of the machine hits all rows alike; the median round per row
+# latency at batch 1: a warm-up problem per row, then `repeats` rounds; in each round every problem is decoded by
+# every row in turn, so a slow spell of the machine (seconds long on a shared CPU) hits all rows alike; per row, the
+# median round
 for rule in rules.values():
     decode(*rule, timed[:1], batch_size=1)
-seconds, last = {name: [] for name in rules}, {}
+seconds = {name: [] for name in rules}
 for _ in tqdm(range(repeats), desc='timing', unit='round'):
-    for name, rule in rules.items():
-        last[name] = decode(*rule, timed, batch_size=1)
-        seconds[name].append(last[name]['seconds'] / len(timed))
+    runs = {name: [] for name in rules}
+    for q in timed:
+        for name, rule in rules.items():
+            runs[name].append(decode(*rule, [q], batch_size=1))
+    for name, rs in runs.items():
+        seconds[name].append(sum(r['seconds'] for r in rs) / len(timed))
+last = {name: {k: [v for r in rs for v in r[k]] for k in ('strict', 'answer', 'nfe', 'text')}  # the last round
+        for name, rs in runs.items()}
 for name, res1 in last.items():
     f1 = cdlm.summarize(res1, timed, gen_len, block_size)['math']
     n_tok = f1['tokens_per_step'] * f1['nfe']  # generated tokens per timed problem: the answer and its EOS
