@@ -104,7 +104,7 @@ for name in list(rules):  # accuracy: every test problem, batched
         budget = max(1, round(rows['student, cached']['nfe_math'] / (gen_len // block_size)))
         k = math.ceil(block_size / budget)
         rules[name] = ('teacher', 'bidirectional', dict(k=k, threshold=None, early_stop=False))
-        name_shown = f'teacher, truncated to {budget} steps/block'
+        name_shown = f'teacher, truncated to {math.ceil(block_size / k)} steps/block'
     res = decode(*rules[name], test)
     outputs[name] = res['text']
     f = cdlm.summarize(res, test, gen_len, block_size)
@@ -168,7 +168,7 @@ for r in scaling_rows:
 # arithmetic intensity of one forward pass at batch 1, from the shapes: FLOPs over bytes of weights and KV cache read
 a = models['student'].args
 n_matmul = a['n_layer'] * 12 * a['d_model'] ** 2 + a['d_model'] * (a['vocab_size'] - 1)  # weights used in matmuls
-bytes_w = 2 if device.startswith('cuda') else 4  # bf16 on CUDA, fp32 elsewhere
+bytes_w = 2 if device.startswith('cuda') else 4  # bf16 on CUDA (autocast's weight copies, a bf16 cache), else fp32
 T = prompt_len + gen_len
 
 

@@ -228,8 +228,10 @@ class KVCache:
     is overwritten by the next call, so a key computed from a mask is never reused.
     """
 
-    def __init__(self, model, batch_size, seq_len, device=None, dtype=torch.float32):
+    def __init__(self, model, batch_size, seq_len, device=None):
         n_head, d = model.args['n_head'], model.args['d_model']
+        kind = torch.device(device or 'cpu').type  # keys come out in autocast's dtype when it is on, else the weights'
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else model.lm_head.weight.dtype
         shape = (batch_size, n_head, seq_len, d // n_head)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in model.blocks]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in model.blocks]
@@ -396,19 +398,20 @@ def predict(logits, temperature=0.0, generator=None):
     """Candidate token and its confidence at every position. logits (B, W, V-1) -> (tokens, conf), both (B, W).
 
     Greedy at temperature 0; otherwise a Gumbel-max sample in float64 (as LLaDA's generate.py: low-precision Gumbel
-    noise collapses the tail of the distribution). Confidence is the model's (untempered) probability of the token."""
-    logits = logits.double()
+    noise collapses the tail of the distribution). Confidence is the model's (untempered) probability of the token.
+    NOTE: float32 on Apple's MPS, which has no float64."""
+    logits = logits.to(torch.float32 if logits.device.type == 'mps' else torch.float64)
     probs = logits.softmax(-1)
     if temperature == 0:
         conf, tokens = probs.max(-1)
         return tokens, conf
-    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
-    tokens = (logits / temperature - torch.log(-torch.log(u.clamp_min(1e-300)))).argmax(-1)
+    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    tokens = (logits / temperature - torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))).argmax(-1)
     return tokens, probs.gather(-1, tokens[..., None]).squeeze(-1)
 
 
 def choose_positions(conf, todo, k=None, threshold=None):
-    """Which still-masked positions to finalize this step; conf and todo (B, W). Exactly one of k, threshold.
+    """Which still-masked positions to finalize this step; conf and todo (B, W). threshold if given, else k.
 
     k: the k most confident (LLaDA's low-confidence remasking; k=1 is the CDLM teacher's rule).
     threshold: every position with confidence > threshold, and always the most confident one, so each step makes
@@ -454,9 +457,11 @@ def generate(model, prompt, gen_len, block_size, attn='bidirectional', use_cache
         raise ValueError(f'prompt {P} + gen_len {gen_len} exceeds the model context seq_len={model.args["seq_len"]}')
     if use_cache and attn != 'block_causal':
         raise ValueError('an exact KV cache needs the block_causal mask')
+    if record_topk and early_stop:  # EOS filled in by early stop has no teacher distribution to record
+        raise ValueError('record_topk needs early_stop=False: a trajectory finalizes one token per step')
     x = torch.cat([prompt, torch.full((B, gen_len), MASK_ID, device=dev)], dim=1)
-    mask = None if attn == 'bidirectional' else attention_mask(attn, T, P, block_size, device=dev)
-    cache = KVCache(model, B, T, dev, next(model.parameters()).dtype) if use_cache else None
+    attn_mask = None if attn == 'bidirectional' else attention_mask(attn, T, P, block_size, device=dev)
+    cache = KVCache(model, B, T, dev) if use_cache else None
     nfe = torch.zeros(B, dtype=torch.long, device=dev)
     step_of = torch.full((B, gen_len), -1, dtype=torch.long, device=dev)
     top_idx = torch.zeros(B, gen_len, record_topk, dtype=torch.long, device=dev)
@@ -467,12 +472,12 @@ def generate(model, prompt, gen_len, block_size, attn='bidirectional', use_cache
             if attn == 'bidirectional':
                 logits = model(x)[:, s:e]  # (B, block_size, V-1)
             elif cache is None:
-                logits = model(x[:, :e], mask[:e, :e])[:, s:e]
+                logits = model(x[:, :e], attn_mask[:e, :e])[:, s:e]
             else:  # run on [finished-but-uncached positions ; current block], keep the former in the cache
                 # the block's rows see every cached key and the whole block: only a pass that also writes a
                 # finished block (c < s) needs the mask, to hide the current block from that block's rows
                 c = len(cache)
-                logits = model(x[:, c:e], mask[c:e, :e] if c < s else None, cache, commit=s - c)[:, s - c:]
+                logits = model(x[:, c:e], attn_mask[c:e, :e] if c < s else None, cache, commit=s - c)[:, s - c:]
             logits = logits.float()
             active = todo.any(-1)
             nfe += active
@@ -501,17 +506,17 @@ def generate_ar(model, prompt, gen_len, use_cache=True, early_stop=True):
     on the newest token alone. Returns a dict like generate: x (B, P+L), nfe (B,)."""
     B, P = prompt.shape
     T, dev = P + gen_len, prompt.device
-    mask = attention_mask('causal', T, device=dev)
-    cache = KVCache(model, B, T, dev, next(model.parameters()).dtype) if use_cache else None
+    attn_mask = attention_mask('causal', T, device=dev)
+    cache = KVCache(model, B, T, dev) if use_cache else None
     x = torch.cat([prompt, torch.full((B, gen_len), EOS_ID, device=dev)], dim=1)
     nfe = torch.zeros(B, dtype=torch.long, device=dev)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     for i in range(P, T):
         if cache is None:
-            logits = model(x[:, :i], mask[:i, :i])[:, -1]
+            logits = model(x[:, :i], attn_mask[:i, :i])[:, -1]
         else:
             c = len(cache)  # one new token sees everything before it: no mask needed after the prompt's pass
-            logits = model(x[:, c:i], mask[c:i, :i] if i - c > 1 else None, cache, commit=i - c)[:, -1]
+            logits = model(x[:, c:i], attn_mask[c:i, :i] if i - c > 1 else None, cache, commit=i - c)[:, -1]
         nfe += ~done
         x[:, i] = torch.where(done, EOS_ID, logits.argmax(-1))
         done |= x[:, i] == EOS_ID
@@ -529,7 +534,7 @@ def generate_ar(model, prompt, gen_len, use_cache=True, early_stop=True):
 #   top_idx  (N, L, K) int16    the teacher's top-K token ids at position i at the step it was finalized
 #   top_logp (N, L, K) float16  their log-probabilities
 #   gt       (N, T)    int64    the ground-truth example (prompt and corpus response), for the auxiliary DLM loss
-#   meta     dict               teacher fingerprint and iter, prompt_len, gen_len, block_size, temperatures, K, count
+#   meta     dict               teacher fingerprint, prompt_len, gen_len, block_size, temperatures, topk (K), count
 # NOTE: top-K log-probs rather than full distributions or hidden states: with K=8 the 257-way distributions shrink
 # 20x, and the teacher's mass beyond its top 8 tokens is negligible here (the paper stores hidden states instead).
 
@@ -584,26 +589,27 @@ def cdlm_losses(model, batch, prompt_len, block_size, w_cons=0.5, w_dlm=0.1, gen
     reading keeps "within-block temporal consistency": the student's guess from less context must match its own guess
     from more context. The same-block choice also matches what the student sees at inference.
     NOTE (open too): the DLM term keeps blocks before b clean and masks only block b, as at inference.
-    A term whose weight is 0 is not computed (its forward pass is skipped) and reported as 0.
+    The caller weighs the three terms; a consistency or DLM term whose weight is 0 is not computed (its forward
+    pass is skipped) and reported as 0.
     """
     x, step_of, gt = batch['x'], batch['step_of'].long(), batch['gt']
     N, T = x.shape
     L, dev = T - prompt_len, x.device
     k_y, k_y2, b, U, S = sample_states(x, step_of, prompt_len, block_size, generator)
-    mask = attention_mask('block_causal', T, prompt_len, block_size, device=dev)
+    attn_mask = attention_mask('block_causal', T, prompt_len, block_size, device=dev)
     inputs = [trajectory_state(x, step_of, prompt_len, k_y)]
     if w_dlm:  # ground truth: blocks < b clean, block b masked with probability t, later blocks unseen anyway
         t = antithetic_t(N, generator=generator, device=dev)
         xt, hidden = mask_block(gt[:, prompt_len:], b, block_size, t, generator)
         inputs.append(torch.cat([gt[:, :prompt_len], xt], dim=1))
-    logits = model(torch.cat(inputs), mask)[:, prompt_len:]  # (N or 2N, L, V-1)
+    logits = model(torch.cat(inputs), attn_mask)[:, prompt_len:]  # (N or 2N, L, V-1)
     p_teacher = torch.zeros(N, L, logits.shape[-1], device=dev).scatter_(
         -1, batch['top_idx'].long(), batch['top_logp'].float().softmax(-1))  # renormalized over the top K
     out = dict(loss_distill=kl_loss(p_teacher, logits[:N], U))
     zero = logits.new_zeros(())
     if w_cons:
         with torch.no_grad():  # sg[.]: the later state is a target, not a path for gradients
-            target = model(trajectory_state(x, step_of, prompt_len, k_y2), mask)[:, prompt_len:].float().softmax(-1)
+            target = model(trajectory_state(x, step_of, prompt_len, k_y2), attn_mask)[:, prompt_len:].float().softmax(-1)
         out['loss_cons'] = kl_loss(target, logits[:N], S)
     else:
         out['loss_cons'] = zero
@@ -646,7 +652,8 @@ def evaluate(model, problems, prompt_len, gen_len, block_size, attn, device, bat
 
 def summarize(res, problems, gen_len, block_size):
     """Per-family figures for a decode from `evaluate`: strict and answer-only accuracy, mean NFE, NFE per decoded
-    block (blocks up to the one holding the first EOS; a fully predictable task needs 1.0), and tokens per step
+    block (all passes over the blocks up to the one holding the first EOS, so above block_size when a rule without
+    early stop also decodes the blocks after it; a fully predictable task needs 1.0), and tokens per step
     (the answer's tokens and its EOS per forward pass: padding after the EOS is not counted as work)."""
     enc, out = get_tokenizer(), {}
     for fam in sorted({q[2] for q in problems}):

@@ -128,7 +128,13 @@ else:
 iter_num = 0
 if init_from == 'resume':
     student, meta = cdlm.load_checkpoint(student_path, device, hint='python distill.py')
+    if meta['kind'] != 'student':
+        cdlm.fail(f'{student_path} holds a {meta["kind"]}, not a student')
+    if (meta['config']['prompt_len'], meta['block_size']) != (prompt_len, block_size):
+        cdlm.fail(f'{student_path} was distilled with prompt_len={meta["config"]["prompt_len"]}, '
+                  f'block_size={meta["block_size"]}; this config asks for {prompt_len}, {block_size}')
     iter_num = meta['iter_num']
+    gen.manual_seed(seed + iter_num)  # new batches and states after a resume, not a replay of the first ones
     print(f'resuming the student from {student_path} at iter {iter_num}')
 elif init_from == 'teacher':
     student, _ = cdlm.load_checkpoint(teacher_path, device)

@@ -41,6 +41,8 @@ if not ckpt:
 model, meta = cdlm.load_checkpoint(os.path.join(here, ckpt), device, hint='python distill.py')
 model.eval()
 kind, cfg = meta['kind'], meta['config']
+if kind not in ('teacher', 'student'):
+    cdlm.fail(f'{ckpt} holds a {kind} model; sample.py decodes a teacher or a student')
 prompt_len, gen_len = cfg['prompt_len'], cfg['gen_len']
 attn = 'bidirectional' if kind == 'teacher' else 'block_causal'
 block_size = block_size or meta['block_size']

@@ -9,6 +9,7 @@ Train the bidirectional masked-diffusion teacher on the toy corpus (LLaDA-style 
 Relative paths are taken from this file's folder. Ctrl-C saves a checkpoint before exiting.
 """
 import os
+import sys
 import time
 
 import torch
@@ -109,9 +110,11 @@ def loss_on(x0, t):
 
 @torch.no_grad()
 def evaluate():
-    """Val loss on a fixed grid of t, and strict accuracy of one-token-per-step decoding on a val subset."""
+    """Val loss on a fixed grid of t (shuffled once, so that both families span it; the masks come from the run's
+    generator), and strict accuracy of one-token-per-step decoding on a val subset."""
     model.eval()
-    t = torch.linspace(0.05, 1.0, len(x_val), device=device)
+    t = torch.linspace(0.05, 1.0, len(x_val))[torch.randperm(len(x_val), generator=torch.Generator().manual_seed(0))]
+    t = t.to(device)
     val_loss = sum(loss_on(x_val[i:i + 200], t[i:i + 200]).item() * len(t[i:i + 200])
                    for i in range(0, len(x_val), 200)) / len(x_val)
     rule = dict(k=1, threshold=None, early_stop=False) if objective == 'mdm' else {}
@@ -149,6 +152,7 @@ try:
 except KeyboardInterrupt:
     print(f'\ninterrupted at iter {iter_num}')
     save(metrics)
+    sys.exit(130)
 print(f'done: {iter_num} iters in {(time.time() - t_start) / 60:.1f} min')
 
 # how hard is parallel decoding for this teacher? the whole test split, three decoding rules

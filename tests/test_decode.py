@@ -109,6 +109,8 @@ def test_bad_lengths_are_rejected(tiny_model):
         cdlm.generate(tiny_model, torch.zeros(1, 30, dtype=torch.long), 8, 4)
     with pytest.raises(ValueError, match='block_causal'):
         cdlm.generate(tiny_model, torch.zeros(1, 4, dtype=torch.long), 8, 4, use_cache=True)
+    with pytest.raises(ValueError, match='early_stop=False'):  # filled-in EOS would have no recorded target
+        cdlm.generate(tiny_model, torch.zeros(1, 4, dtype=torch.long), 8, 4, record_topk=3)
 
 
 def exactness_sweep(n_draws, seq_len, n_layer, d_model, seed=0):
@@ -140,6 +142,20 @@ def test_kv_cache_is_exact_over_random_draws():
 @pytest.mark.slow
 def test_kv_cache_is_exact_on_a_default_sized_model():
     exactness_sweep(100, seq_len=72, n_layer=4, d_model=128, seed=1)
+
+
+def test_kv_cache_takes_the_dtype_its_keys_come_in():
+    """Under autocast the keys are bf16, and so is the cache (no fp32 copy of the prefix at every step); the cached
+    decode still matches the uncached one token for token. Without autocast the cache has the weights' dtype."""
+    torch.manual_seed(0)
+    model = cdlm.Transformer(seq_len=24, n_layer=2, n_head=2, d_model=32).eval()
+    assert cdlm.KVCache(model, 1, 24).k[0].dtype == torch.float32
+    prompt = torch.randint(0, 256, (3, 8))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert cdlm.KVCache(model, 1, 24, 'cpu').k[0].dtype == torch.bfloat16
+        a, b = (cdlm.generate(model, prompt, 16, 4, attn='block_causal', use_cache=c, k=None, threshold=0.5)
+                for c in (False, True))
+    assert torch.equal(a['x'], b['x']) and torch.equal(a['nfe'], b['nfe'])
 
 
 def test_autoregressive_decoding_with_and_without_cache(tiny_model):
