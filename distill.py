@@ -25,7 +25,7 @@ import cdlm
 # I/O
 out_dir = 'out'  # checkpoints and trajectories go here
 teacher_ckpt = 'teacher.pt'  # trained with train_teacher.py when missing
-teacher_args = ''  # extra --key=value arguments for train_teacher.py when it has to run
+teacher_args = ''  # extra --key=value arguments for train_teacher.py when it has to run (train or finish)
 student_ckpt = 'student.pt'  # the distilled student
 traj_file = 'trajectories.pt'  # reused when it matches the teacher and the lengths, rebuilt otherwise
 init_from = 'teacher'  # 'teacher' (fresh student) or 'resume' (continue the student checkpoint)
@@ -75,13 +75,21 @@ teacher_path, student_path, traj_path = (os.path.join(here, out_dir, f) for f in
 print('config:', config)
 gen = torch.Generator(device).manual_seed(seed)
 
-# 0. the teacher: train it with train_teacher.py's own code path when missing
-if not os.path.exists(teacher_path):
-    print(f'no teacher at {teacher_path}: training one with train_teacher.py first')
+# 0. the teacher: train it with train_teacher.py's own code path when missing, or finish it if it was interrupted
+stored = torch.load(teacher_path, map_location='cpu', weights_only=True) if os.path.exists(teacher_path) else None
+if stored is None or stored['iter_num'] < stored['config']['max_iters']:
+    print(f'no teacher at {teacher_path}: training one with train_teacher.py first' if stored is None else
+          f'{teacher_path} stopped at iter {stored["iter_num"]} of {stored["config"]["max_iters"]}: finishing it')
     cmd = [sys.executable, os.path.join(here, 'train_teacher.py'), f'--out_dir={out_dir}', f'--ckpt_name={teacher_ckpt}',
            f'--device={device}', f'--prompt_len={prompt_len}', f'--gen_len={gen_len}', f'--block_size={block_size}',
-           f'--seed={seed}', '--final_report=0'] + teacher_args.split()
-    if subprocess.run(cmd).returncode:
+           f'--seed={seed}', '--final_report=0'] + ['--init_from=resume'] * (stored is not None) + teacher_args.split()
+    proc = subprocess.Popen(cmd)
+    try:
+        proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached train_teacher.py too: let it save its checkpoint, then stop
+        proc.wait()
+        sys.exit(130)
+    if proc.returncode:
         cdlm.fail('train_teacher.py failed; see its output above')
 teacher, teacher_meta = cdlm.load_checkpoint(teacher_path, device)
 teacher.eval()

@@ -54,6 +54,18 @@ def test_distill_end_to_end(teacher_dir):
     assert 'does not match this run' in res.stdout  # trajectories from another setting are rebuilt, with a reason
 
 
+def test_distill_finishes_an_interrupted_teacher(teacher_dir, tmp_path):
+    ckpt = torch.load(teacher_dir / 'teacher.pt', weights_only=True)
+    ckpt['iter_num'], ckpt['config']['max_iters'] = 3, 6  # as if Ctrl-C had stopped a 6-step run halfway
+    torch.save(ckpt, tmp_path / 'teacher.pt')
+    teacher_args = ' '.join(TINY + ['--max_iters=6', '--eval_interval=3'])
+    res = run('distill.py', f'--out_dir={tmp_path}', f'--teacher_args={teacher_args}', '--n_traj=4', '--traj_batch=4',
+              '--max_iters=1', '--eval_problems=1', '--batch_size=2', '--test_problems=1', '--latency_problems=1',
+              '--threads=1')
+    assert 'stopped at iter 3 of 6: finishing it' in res.stdout and 'resuming from' in res.stdout
+    assert torch.load(tmp_path / 'teacher.pt', weights_only=True)['iter_num'] == 6
+
+
 @pytest.mark.parametrize('script,args,message', [
     ('train_teacher.py', ['--nope=1'], "unknown config key 'nope'; valid keys: out_dir"),
     ('train_teacher.py', ['--max_iters=ten'], '--max_iters=ten: expected a int'),
