@@ -18,8 +18,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
-import sys
 
 import torch
 from tqdm import tqdm
@@ -58,16 +56,13 @@ if quick:  # shapes of the real thing, random weights: accuracy is meaningless, 
               for k in ('teacher', 'student', 'ar')}
     timed_problems, repeats = min(timed_problems, 4), min(repeats, 3)
 else:
-    if not os.path.exists(path['ar']):
-        _, meta = cdlm.load_checkpoint(path['teacher'], device, hint='python distill.py')
-        c = meta['config']
-        print(f'no autoregressive model at {path["ar"]}: training one with the teacher\'s steps and batch size')
-        keys = ('prompt_len', 'gen_len', 'block_size', 'code_weight', 'n_layer', 'n_head', 'd_model', 'batch_size',
-                'max_iters', 'lr', 'bf16')
-        cmd = [sys.executable, os.path.join(here, 'train_teacher.py'), '--objective=ar', f'--out_dir={out_dir}',
-               f'--ckpt_name={ar_ckpt}', f'--device={device}'] + [f'--{k}={c[k]}' for k in keys if k in c]
-        if subprocess.run(cmd).returncode:
-            cdlm.fail('training the autoregressive model failed; see its output above')
+    # the same-size autoregressive model: the teacher's shape, steps and batch size (trained, or finished, when needed)
+    c = cdlm.load_checkpoint(path['teacher'], device, hint='python distill.py')[1]['config']
+    keys = ('prompt_len', 'gen_len', 'block_size', 'code_weight', 'n_layer', 'n_head', 'd_model', 'batch_size',
+            'max_iters', 'lr', 'bf16')
+    cdlm.train_or_finish(path['ar'], os.path.join(here, 'train_teacher.py'),
+                         ['--objective=ar', f'--out_dir={out_dir}', f'--ckpt_name={ar_ckpt}', f'--device={device}']
+                         + [f'--{k}={c[k]}' for k in keys if k in c], 'autoregressive model')
     models, metas = {}, {}
     for name in ('teacher', 'student', 'ar'):
         models[name], metas[name] = cdlm.load_checkpoint(path[name], device, hint='python distill.py')

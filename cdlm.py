@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import math
 import os
+import subprocess
 import sys
 import time
 
@@ -33,6 +34,26 @@ from data import tasks
 def fail(msg):
     """Stop a script with a one-line message and exit status 1, no traceback."""
     raise SystemExit(f'error: {msg}')
+
+
+def train_or_finish(ckpt_path, script, args, what):
+    """Make sure `ckpt_path` holds a finished run: train it with `script` (another of the scripts, given `args`) when
+    it is missing, or resume that script when the checkpoint stopped short of its max_iters (an interrupted run).
+    On Ctrl-C, which reaches the child too, wait while it saves its checkpoint, then exit with status 130."""
+    stored = torch.load(ckpt_path, map_location='cpu', weights_only=True) if os.path.exists(ckpt_path) else None
+    if stored is not None and stored['iter_num'] >= stored['config']['max_iters']:
+        return
+    print(f'no {what} at {ckpt_path}: training it with {os.path.basename(script)}' if stored is None else
+          f'{ckpt_path} stopped at iter {stored["iter_num"]} of {stored["config"]["max_iters"]}: finishing it',
+          flush=True)
+    proc = subprocess.Popen([sys.executable, script, *args] + ['--init_from=resume'] * (stored is not None))
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.wait()
+        sys.exit(130)
+    if proc.returncode:
+        fail(f'training the {what} failed (exit {proc.returncode}); see its output above')
 
 
 def configure(scope, argv=None, doc=''):

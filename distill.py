@@ -12,7 +12,6 @@ Steps (Kim et al., arXiv 2511.19269):
 Relative paths are taken from this file's folder. Ctrl-C saves the student before exiting.
 """
 import os
-import subprocess
 import sys
 import time
 
@@ -76,21 +75,10 @@ print('config:', config)
 gen = torch.Generator(device).manual_seed(seed)
 
 # 0. the teacher: train it with train_teacher.py's own code path when missing, or finish it if it was interrupted
-stored = torch.load(teacher_path, map_location='cpu', weights_only=True) if os.path.exists(teacher_path) else None
-if stored is None or stored['iter_num'] < stored['config']['max_iters']:
-    print(f'no teacher at {teacher_path}: training one with train_teacher.py first' if stored is None else
-          f'{teacher_path} stopped at iter {stored["iter_num"]} of {stored["config"]["max_iters"]}: finishing it')
-    cmd = [sys.executable, os.path.join(here, 'train_teacher.py'), f'--out_dir={out_dir}', f'--ckpt_name={teacher_ckpt}',
-           f'--device={device}', f'--prompt_len={prompt_len}', f'--gen_len={gen_len}', f'--block_size={block_size}',
-           f'--seed={seed}', '--final_report=0'] + ['--init_from=resume'] * (stored is not None) + teacher_args.split()
-    proc = subprocess.Popen(cmd)
-    try:
-        proc.wait()
-    except KeyboardInterrupt:  # Ctrl-C reached train_teacher.py too: let it save its checkpoint, then stop
-        proc.wait()
-        sys.exit(130)
-    if proc.returncode:
-        cdlm.fail('train_teacher.py failed; see its output above')
+cdlm.train_or_finish(teacher_path, os.path.join(here, 'train_teacher.py'),
+                     [f'--out_dir={out_dir}', f'--ckpt_name={teacher_ckpt}', f'--device={device}',
+                      f'--prompt_len={prompt_len}', f'--gen_len={gen_len}', f'--block_size={block_size}', f'--seed={seed}',
+                      '--final_report=0'] + teacher_args.split(), 'teacher')
 teacher, teacher_meta = cdlm.load_checkpoint(teacher_path, device)
 teacher.eval()
 if teacher_meta['kind'] != 'teacher':

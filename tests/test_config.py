@@ -102,3 +102,21 @@ def test_optimizer_step_sets_lr_clips_and_updates(tiny_model):
     assert abs(norm - 1.0) < 1e-3, norm  # clipped to grad_clip
     step = (tiny_model.wte.weight.detach() - before).abs().max()
     assert 0 < step <= 0.5 + 1e-6, step
+
+
+def test_train_or_finish_trains_resumes_or_leaves_alone(tmp_path, capsys):
+    """A stand-in script records its arguments: it runs for a missing checkpoint, runs with --init_from=resume for one
+    that stopped short of its max_iters, does not run for a finished one, and a failing run stops with one line."""
+    log, ckpt = tmp_path / 'args.txt', str(tmp_path / 'm.pt')
+    script = tmp_path / 'fake.py'
+    script.write_text(f'import sys\nopen({str(log)!r}, "a").write(" ".join(sys.argv[1:]) + "\\n")\n'
+                      'sys.exit(3 if "--fail" in sys.argv else 0)\n')
+    cdlm.train_or_finish(ckpt, str(script), ['--a=1'], 'model')
+    torch.save(dict(iter_num=5, config=dict(max_iters=10)), ckpt)
+    cdlm.train_or_finish(ckpt, str(script), ['--a=2'], 'model')
+    torch.save(dict(iter_num=10, config=dict(max_iters=10)), ckpt)
+    cdlm.train_or_finish(ckpt, str(script), ['--a=3'], 'model')
+    assert log.read_text().splitlines() == ['--a=1', '--a=2 --init_from=resume']
+    assert 'stopped at iter 5 of 10: finishing it' in capsys.readouterr().out
+    with pytest.raises(SystemExit, match='training the model failed'):
+        cdlm.train_or_finish(str(tmp_path / 'none.pt'), str(script), ['--fail'], 'model')
