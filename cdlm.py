@@ -309,7 +309,7 @@ class Block(nn.Module):
         if cache is not None:  # write the new keys after the final ones and attend over both
             n = cache.n
             cache.k[layer][:, :, n:n + T], cache.v[layer][:, :, n:n + T] = k, v
-            k, v = cache.k[layer][:, :, :n + T].to(q.dtype), cache.v[layer][:, :, :n + T].to(q.dtype)
+            k, v = cache.k[layer][:, :, :n + T], cache.v[layer][:, :, :n + T]  # the cache has q's dtype: KVCache
         y = attend(q, k, v, attn_mask)
         x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
         return x + self.mlp(self.ln2(x))
@@ -630,7 +630,8 @@ def cdlm_losses(model, batch, prompt_len, block_size, w_cons=0.5, w_dlm=0.1, gen
     zero = logits.new_zeros(())
     if w_cons:
         with torch.no_grad():  # sg[.]: the later state is a target, not a path for gradients
-            target = model(trajectory_state(x, step_of, prompt_len, k_y2), attn_mask)[:, prompt_len:].float().softmax(-1)
+            target = model(trajectory_state(x, step_of, prompt_len, k_y2), attn_mask)[:, prompt_len:]
+            target = target.float().softmax(-1)
         out['loss_cons'] = kl_loss(target, logits[:N], S)
     else:
         out['loss_cons'] = zero

@@ -76,8 +76,8 @@ gen = torch.Generator(device).manual_seed(seed)
 
 # 0. the teacher: train it with train_teacher.py's own code path when missing, or finish it if it was interrupted
 cdlm.train_or_finish(teacher_path, os.path.join(here, 'train_teacher.py'),
-                     [f'--out_dir={out_dir}', f'--ckpt_name={teacher_ckpt}', f'--device={device}',
-                      f'--prompt_len={prompt_len}', f'--gen_len={gen_len}', f'--block_size={block_size}', f'--seed={seed}',
+                     [f'--out_dir={out_dir}', f'--ckpt_name={teacher_ckpt}', f'--device={device}', f'--seed={seed}',
+                      f'--prompt_len={prompt_len}', f'--gen_len={gen_len}', f'--block_size={block_size}',
                       '--final_report=0'] + teacher_args.split(), 'teacher')
 teacher, teacher_meta = cdlm.load_checkpoint(teacher_path, device)
 teacher.eval()
