@@ -378,9 +378,14 @@ def antithetic_t(batch_size, eps=1e-3, generator=None, device=None):
     return eps + (1 - eps) * ((u + torch.arange(batch_size, device=device) / batch_size) % 1)
 
 
-def mask_tokens(x0, maskable, t, generator=None):
-    """Hide each maskable position with probability t (one t per row). Returns xt and the bool mask of hidden spots."""
+def mask_tokens(x0, maskable, t, generator=None, complement=False):
+    """Hide each maskable position with probability t (one t per row). Returns xt and the bool mask of hidden spots.
+    complement=True: the second half of the rows repeats the first half and hides exactly the maskable positions
+    that the first half shows, so every maskable token of a pair is scored once (complementary masking)."""
     hidden = maskable & (torch.rand(x0.shape, generator=generator, device=x0.device) < t[:, None])
+    if complement:
+        half = x0.shape[0] // 2
+        hidden[half:2 * half] = maskable & ~hidden[:half]
     return torch.where(hidden, MASK_ID, x0), hidden
 
 
@@ -393,12 +398,17 @@ def mask_block(resp, b, block_size, t, generator=None):
     return torch.where(hidden | (blk > b[:, None]), MASK_ID, resp), hidden
 
 
-def mdm_loss(logits, x0, hidden, t, norm):
-    """Masked-diffusion ELBO (MDLM, arXiv 2406.07524; LLaDA's SFT loss, arXiv 2502.09992): cross-entropy on hidden
-    positions weighted by 1/t, summed and divided by `norm` maskable positions per row (the response length).
-    logits (B, T, V-1), x0 (B, T)."""
+def mdm_loss(logits, x0, hidden, t, norm, weight='elbo'):
+    """Masked-diffusion loss on the hidden positions. logits (B, T, V-1), x0 (B, T).
+    weight='elbo': the ELBO (MDLM, arXiv 2406.07524; LLaDA's SFT loss, arXiv 2502.09992), cross-entropy weighted by
+    1/t, summed and divided by `norm` maskable positions per row (the response length).
+    weight='mean': the plain mean cross-entropy over all hidden tokens of the batch (no 1/t; `t` and `norm` unused).
+    NOTE: not an ELBO; it weighs a row by how many tokens it hides, so heavily masked rows count more, and it drops
+    the 1/t spikes of nearly clean rows (README, "How the defaults were chosen")."""
     ce = F.cross_entropy(logits.flatten(0, 1).float(), x0.flatten().clamp_max(logits.shape[-1] - 1),
                          reduction='none').view(x0.shape)
+    if weight == 'mean':
+        return (ce * hidden).sum() / hidden.sum().clamp_min(1)
     return (ce * hidden / t[:, None]).sum() / (x0.shape[0] * norm)
 
 

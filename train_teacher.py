@@ -23,7 +23,7 @@ out_dir = 'out'  # checkpoints go here
 ckpt_name = 'teacher.pt'  # file name inside out_dir
 init_from = 'scratch'  # 'scratch' or 'resume'
 objective = 'mdm'  # 'mdm': the masked-diffusion teacher; 'ar': a same-size autoregressive baseline (for bench.py)
-eval_interval = 2750  # iterations between evaluations and checkpoints
+eval_interval = 0  # iterations between evaluations and checkpoints (0 = at each quarter of max_iters)
 eval_problems = 50  # val problems per family decoded at each eval (one token per step)
 final_report = 500  # at the end, decode this many test problems per family with three rules (0 = skip)
 # data
@@ -31,6 +31,9 @@ prompt_len = 24  # every prompt is left-padded to this many tokens
 gen_len = 48  # response length L, EOS-padded; a multiple of block_size
 block_size = 16  # decoding block B (the student's block; the teacher decodes semi-autoregressively with it)
 code_weight = 1.5  # a code row is drawn this many times as often as a math row (the families share the steps: README)
+# loss
+loss_weight = 'elbo'  # 'elbo': cross-entropy weighted by 1/t (LLaDA); 'mean': plain mean over masked tokens
+complement = False  # each example twice in a batch, the second copy hiding exactly what the first shows
 # model
 n_layer = 4  # transformer blocks
 n_head = 4  # attention heads
@@ -95,6 +98,9 @@ causal = cdlm.attention_mask('causal', x_train.shape[1] - 1, device=device)
 if objective not in ('mdm', 'ar'):
     cdlm.fail(f"objective={objective!r}: use 'mdm' or 'ar'")
 kind, attn = ('teacher', 'bidirectional') if objective == 'mdm' else ('ar', 'causal')
+if loss_weight not in ('elbo', 'mean'):
+    cdlm.fail(f"loss_weight={loss_weight!r}: use 'elbo' or 'mean'")
+eval_interval = eval_interval or max(1, max_iters // 4)
 
 
 def loss_on(x0, t):
@@ -102,10 +108,10 @@ def loss_on(x0, t):
         with cdlm.autocast(device, cpu_bf16=bf16):
             logits = train_model(x0[:, :-1], causal)  # (B, T-1, V-1): position i predicts token i+1
         return F.cross_entropy(logits[:, prompt_len - 1:].flatten(0, 1).float(), x0[:, prompt_len:].flatten())
-    xt, hidden = cdlm.mask_tokens(x0, response, t, gen)
+    xt, hidden = cdlm.mask_tokens(x0, response, t, gen, complement)
     with cdlm.autocast(device, cpu_bf16=bf16):
         logits = train_model(xt)  # (B, T, V-1), full bidirectional attention
-    return cdlm.mdm_loss(logits, x0, hidden, t, gen_len)
+    return cdlm.mdm_loss(logits, x0, hidden, t, gen_len, loss_weight)
 
 
 @torch.no_grad()
@@ -135,7 +141,11 @@ metrics, t0, t_start = {}, time.time(), time.time()
 try:
     while iter_num < max_iters:
         x0 = x_train[torch.multinomial(row_weight, batch_size, replacement=True, generator=gen)]
-        loss = loss_on(x0, cdlm.antithetic_t(batch_size, generator=gen, device=device))
+        t = cdlm.antithetic_t(batch_size, generator=gen, device=device)
+        if complement:  # rows of the second half repeat the first half and hide its complement (rate 1 - t)
+            half = batch_size // 2
+            x0[half:2 * half], t[half:2 * half] = x0[:half], (1 - t[:half]).clamp_min(1e-3)
+        loss = loss_on(x0, t)
         cdlm.optimizer_step(model, optimizer, loss, cdlm.cosine_lr(iter_num, lr, min_lr, warmup_iters, max_iters),
                             grad_clip)
         iter_num += 1

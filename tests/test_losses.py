@@ -26,6 +26,16 @@ def test_mask_tokens_hides_only_maskable_positions_at_rate_t():
     assert (rate - t).abs().max() < 0.05, rate
 
 
+def test_mask_tokens_complement_hides_what_the_first_half_shows():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(0, 256, (3, 8)).repeat(2, 1)  # rows 3.. repeat rows ..3
+    maskable = torch.arange(8) >= 2
+    xt, hidden = cdlm.mask_tokens(x0, maskable, torch.tensor([0.2, 0.5, 0.9] * 2), g, complement=True)
+    assert torch.equal(hidden[3:], maskable & ~hidden[:3]), hidden.int()
+    assert torch.equal(hidden[:3] | hidden[3:], maskable.expand(3, 8)) and not (hidden[:3] & hidden[3:]).any()
+    assert torch.equal(xt[hidden], torch.full_like(xt[hidden], cdlm.MASK_ID)) and torch.equal(xt[~hidden], x0[~hidden])
+
+
 def test_mask_block_matches_semi_autoregressive_states():
     """Blocks before b clean, block b hidden at rate t (and scored), later blocks masked but not scored."""
     resp = torch.arange(1, 7).repeat(3, 1)  # (3, 6): blocks of 2
@@ -50,6 +60,20 @@ def test_mdm_loss_ignores_visible_positions():
     want = sum(torch.nn.functional.cross_entropy(logits[i, j], x0[i, j]) / t[i]
                for i in range(3) for j in range(10) if hidden[i, j]) / 30
     assert abs(a - want) < 1e-5, (a, want)
+
+
+def test_mdm_loss_mean_weighs_every_hidden_token_alike():
+    """weight='mean': the plain mean cross-entropy over the batch's hidden tokens, whatever t and norm are."""
+    torch.manual_seed(0)
+    x0 = torch.randint(0, 256, (3, 10))
+    hidden = torch.rand(3, 10) < 0.5
+    logits = torch.randn(3, 10, cdlm.VOCAB_SIZE - 1)
+    t = torch.tensor([0.01, 0.5, 0.9])
+    got = cdlm.mdm_loss(logits, x0, hidden, t, 10, weight='mean')
+    want = torch.nn.functional.cross_entropy(logits[hidden], x0[hidden])
+    assert abs(got - want) < 1e-5, (got, want)
+    assert abs(cdlm.mdm_loss(logits, x0, hidden, t * 3, 99, weight='mean') - got) < 1e-6
+    assert cdlm.mdm_loss(logits, x0, torch.zeros_like(hidden), t, 10, weight='mean') == 0  # nothing hidden: 0, not NaN
 
 
 def test_uniform_predictor_scores_log_v_in_expectation():
