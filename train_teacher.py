@@ -24,7 +24,7 @@ ckpt_name = 'teacher.pt'  # file name inside out_dir
 init_from = 'scratch'  # 'scratch' or 'resume'
 objective = 'mdm'  # 'mdm': the masked-diffusion teacher; 'ar': a same-size autoregressive baseline (for bench.py)
 eval_interval = 0  # iterations between evaluations and checkpoints (0 = at each quarter of max_iters)
-eval_problems = 50  # val problems per family decoded at each eval (one token per step)
+eval_problems = 100  # val problems per family decoded at each eval (one token per step; 200 = all)
 final_report = 500  # at the end, decode this many test problems per family with three rules (0 = skip)
 # data
 prompt_len = 24  # every prompt is left-padded to this many tokens
@@ -32,7 +32,7 @@ gen_len = 48  # response length L, EOS-padded; a multiple of block_size
 block_size = 16  # decoding block B (the student's block; the teacher decodes semi-autoregressively with it)
 code_weight = 1.5  # a code row is drawn this many times as often as a math row (the families share the steps: README)
 # loss
-loss_weight = 'elbo'  # 'elbo': cross-entropy weighted by 1/t (LLaDA); 'mean': plain mean over masked tokens
+loss_weight = 'mean'  # 'mean': plain mean cross-entropy over masked tokens; 'elbo': weighted by 1/t (LLaDA): README
 complement = False  # each example twice in a batch, the second copy hiding exactly what the first shows
 # model
 n_layer = 4  # transformer blocks
