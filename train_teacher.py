@@ -33,7 +33,7 @@ block_size = 16  # decoding block B (the student's block; the teacher decodes se
 code_weight = 1.5  # a code row is drawn this many times as often as a math row (the families share the steps: README)
 # loss
 loss_weight = 'mean'  # 'mean': plain mean cross-entropy over masked tokens; 'elbo': weighted by 1/t (LLaDA): README
-complement = False  # each example twice in a batch, the second copy hiding exactly what the first shows
+complement = True  # each example twice in a batch, the second copy hiding exactly what the first shows: README
 # model
 n_layer = 4  # transformer blocks
 n_head = 4  # attention heads
@@ -142,7 +142,7 @@ try:
     while iter_num < max_iters:
         x0 = x_train[torch.multinomial(row_weight, batch_size, replacement=True, generator=gen)]
         t = cdlm.antithetic_t(batch_size, generator=gen, device=device)
-        if complement:  # rows of the second half repeat the first half and hide its complement (rate 1 - t)
+        if complement and objective == 'mdm':  # the second half repeats the first and hides its complement (rate 1 - t)
             half = batch_size // 2
             x0[half:2 * half], t[half:2 * half] = x0[:half], (1 - t[:half]).clamp_min(1e-3)
         loss = loss_on(x0, t)
