@@ -103,12 +103,13 @@ if loss_weight not in ('elbo', 'mean'):
 eval_interval = eval_interval or max(1, max_iters // 4)
 
 
-def loss_on(x0, t):
+def loss_on(x0, t, paired=False):
+    """The training loss of a batch; paired: the second half of the rows repeats the first (complementary masks)."""
     if objective == 'ar':  # next-token cross-entropy on the response under the causal mask
         with cdlm.autocast(device, cpu_bf16=bf16):
             logits = train_model(x0[:, :-1], causal)  # (B, T-1, V-1): position i predicts token i+1
         return F.cross_entropy(logits[:, prompt_len - 1:].flatten(0, 1).float(), x0[:, prompt_len:].flatten())
-    xt, hidden = cdlm.mask_tokens(x0, response, t, gen, complement)
+    xt, hidden = cdlm.mask_tokens(x0, response, t, gen, paired)
     with cdlm.autocast(device, cpu_bf16=bf16):
         logits = train_model(xt)  # (B, T, V-1), full bidirectional attention
     return cdlm.mdm_loss(logits, x0, hidden, t, gen_len, loss_weight)
@@ -145,7 +146,7 @@ try:
         if complement and objective == 'mdm':  # the second half repeats the first and hides its complement (rate 1 - t)
             half = batch_size // 2
             x0[half:2 * half], t[half:2 * half] = x0[:half], (1 - t[:half]).clamp_min(1e-3)
-        loss = loss_on(x0, t)
+        loss = loss_on(x0, t, paired=complement)
         cdlm.optimizer_step(model, optimizer, loss, cdlm.cosine_lr(iter_num, lr, min_lr, warmup_iters, max_iters),
                             grad_clip)
         iter_num += 1
