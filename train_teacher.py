@@ -98,6 +98,7 @@ causal = cdlm.attention_mask('causal', x_train.shape[1] - 1, device=device)
 if objective not in ('mdm', 'ar'):
     cdlm.fail(f"objective={objective!r}: use 'mdm' or 'ar'")
 kind, attn = ('teacher', 'bidirectional') if objective == 'mdm' else ('ar', 'causal')
+paired = complement and objective == 'mdm'  # complementary masks pair the rows of a training batch
 if loss_weight not in ('elbo', 'mean'):
     cdlm.fail(f"loss_weight={loss_weight!r}: use 'elbo' or 'mean'")
 eval_interval = eval_interval or max(1, max_iters // 4)
@@ -143,10 +144,10 @@ try:
     while iter_num < max_iters:
         x0 = x_train[torch.multinomial(row_weight, batch_size, replacement=True, generator=gen)]
         t = cdlm.antithetic_t(batch_size, generator=gen, device=device)
-        if complement and objective == 'mdm':  # the second half repeats the first and hides its complement (rate 1 - t)
+        if paired:  # the second half repeats the first and hides its complement (rate 1 - t)
             half = batch_size // 2
             x0[half:2 * half], t[half:2 * half] = x0[:half], (1 - t[:half]).clamp_min(1e-3)
-        loss = loss_on(x0, t, paired=complement)
+        loss = loss_on(x0, t, paired)
         cdlm.optimizer_step(model, optimizer, loss, cdlm.cosine_lr(iter_num, lr, min_lr, warmup_iters, max_iters),
                             grad_clip)
         iter_num += 1
