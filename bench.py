@@ -40,7 +40,9 @@ json = 'out/bench.json'  # every figure, with the device, torch version and conf
 device = 'cpu'  # 'auto', 'cpu', 'cuda', 'mps'
 threads = 0  # torch CPU threads, 0 = one per core
 seed = 1337
-config = cdlm.configure(globals(), doc=__doc__)  # --key=value overrides; --help lists them
+config = cdlm.configure(globals(), doc=__doc__, rules={  # --key=value overrides, checked before any work; --help
+    '>0': 'timed_problems repeats', '>=0': 'peak_tflops peak_gbps threads seed', '0..1': 'threshold',
+    'ints>0': 'scaling', 'folder': 'out_dir', 'file': 'json', 'device': 'device'})
 # -----------------------------------------------------------------------------
 
 torch.manual_seed(seed)
@@ -57,7 +59,7 @@ if quick:  # shapes of the real thing, random weights: accuracy is meaningless, 
     timed_problems, repeats = min(timed_problems, 4), min(repeats, 3)
 else:
     # the same-size autoregressive model: the teacher's shape, steps and batch size (trained, or finished, when needed)
-    c = cdlm.load_checkpoint(path['teacher'], device, hint='python distill.py')[1]['config']
+    c = cdlm.load_checkpoint(path['teacher'], device, hint='python distill.py', kind='teacher')[1]['config']
     keys = ('prompt_len', 'gen_len', 'block_size', 'code_weight', 'n_layer', 'n_head', 'd_model', 'batch_size',
             'max_iters', 'lr', 'bf16')
     cdlm.train_or_finish(path['ar'], os.path.join(here, 'train_teacher.py'),
@@ -65,7 +67,7 @@ else:
                          + [f'--{k}={c[k]}' for k in keys if k in c], 'autoregressive model')
     models, metas = {}, {}
     for name in ('teacher', 'student', 'ar'):
-        models[name], metas[name] = cdlm.load_checkpoint(path[name], device, hint='python distill.py')
+        models[name], metas[name] = cdlm.load_checkpoint(path[name], device, hint='python distill.py', kind=name)
         models[name].eval()
     c = metas['student']['config']
     prompt_len, gen_len, block_size = c['prompt_len'], c['gen_len'], metas['student']['block_size']

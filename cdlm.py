@@ -18,6 +18,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import tiktoken
@@ -40,7 +41,11 @@ def train_or_finish(ckpt_path, script, args, what):
     """Make sure `ckpt_path` holds a finished run: train it with `script` (another of the scripts, given `args`) when
     it is missing, or resume that script when the checkpoint stopped short of its max_iters (an interrupted run).
     On Ctrl-C, which reaches the child too, wait while it saves its checkpoint, then exit with status 130."""
-    stored = torch.load(ckpt_path, map_location='cpu', weights_only=True) if os.path.exists(ckpt_path) else None
+    stored, why = load_torch(ckpt_path)
+    if stored is not None and not (isinstance(stored, dict) and {'iter_num', 'config'} <= set(stored)):
+        why = 'not a cdlm checkpoint'
+    if why not in ('', 'missing'):
+        fail(f'{ckpt_path} is {why}; delete it and rerun to train the {what} again')
     if stored is not None and stored['iter_num'] >= stored['config']['max_iters']:
         return
     print(f'no {what} at {ckpt_path}: training it with {os.path.basename(script)}' if stored is None else
@@ -56,13 +61,14 @@ def train_or_finish(ckpt_path, script, args, what):
         fail(f'training the {what} failed (exit {proc.returncode}); see its output above')
 
 
-def configure(scope, argv=None, doc=''):
+def configure(scope, argv=None, doc='', rules=None):
     """Apply `--key=value` overrides to the config in `scope` (a script's globals(), or any dict) and return the config.
 
     The config is every entry whose name has no leading underscore and whose value is an int, float, bool, str or None.
     Values are coerced to the type of the default (int -> float is fine, `None` is allowed for any key, a bare
     `--flag` sets a boolean); an unknown key or a value of the wrong type stops with a one-line error; `--help` prints
-    the defaults. `scope` is updated in place, so a script's globals take the new values.
+    the defaults. `scope` is updated in place, so a script's globals take the new values. Then every value is checked
+    against `rules` (see check_config), so a bad setting stops the script before any work starts.
     >>> configure({'lr': 1e-3, 'compile': False}, ['--lr=3e-4', '--compile'])
     {'lr': 0.0003, 'compile': True}
     """
@@ -83,6 +89,8 @@ def configure(scope, argv=None, doc=''):
             fail(f'unknown config key {key!r}; valid keys: {", ".join(config)}')
         config[key] = _coerce(key, val, config[key])
     scope.update(config)
+    here = os.path.dirname(os.path.abspath(scope['__file__'])) if '__file__' in scope else os.getcwd()
+    check_config(config, rules or {}, here)
     return config
 
 
@@ -105,6 +113,68 @@ def _coerce(key, val, default):
             with contextlib.suppress(ValueError):
                 return cast(val)
     return val
+
+
+RELATIONS = [  # (keys, holds(*values), what is wrong): checked wherever a script has all the keys
+    (('gen_len', 'block_size'), lambda g, b: b == 0 or g % b == 0,
+     'gen_len={gen_len} is not a multiple of block_size={block_size}'),
+    (('d_model', 'n_head'), lambda d, h: d % (2 * h) == 0,
+     'd_model={d_model} does not split into n_head={n_head} heads of even width (rotary turns each half of a head)'),
+    (('min_lr', 'lr'), lambda m, lr: m <= lr, 'min_lr={min_lr} is above lr={lr}'),
+    (('w_distill', 'w_cons', 'w_dlm'), lambda *w: sum(w) > 0, 'every loss weight is 0: nothing would be learned'),
+]
+
+
+def check_config(config, rules, here='.'):
+    """Stop with one line naming the key, the value and what is valid, at the first setting that breaks its rule.
+    `rules` maps a rule to the keys it covers, as one string: '>0', '>=0', 'lo..hi' (inclusive), 'a|b' (one of these
+    words), 'ints>0' and 'floats>=0' (comma-separated lists), 'device', 'folder' (can be written; relative paths start
+    at `here`) and 'file' (its folder can be written). Then the RELATIONS between keys must hold. For example
+    check_config({'topk': 0}, {'1..257': 'topk'}) stops with `error: --topk=0: must be in 1..257`."""
+    for rule, keys in rules.items():
+        for key in keys.split():
+            if why := _breaks(rule, config[key], here):
+                fail(f'--{key}={config[key]}: {why}')
+    for keys, holds, why in RELATIONS:
+        if all(k in config for k in keys) and not holds(*(config[k] for k in keys)):
+            fail(why.format(**config))
+
+
+def _breaks(rule, val, here):
+    """What is wrong with `val` under `rule` (see check_config), or '' when nothing is."""
+    if rule in ('>0', '>=0') or '..' in rule:
+        if not isinstance(val, (int, float)) or isinstance(val, bool):
+            return 'expected a number'
+        lo, hi = map(float, rule.split('..')) if '..' in rule else (0.0, math.inf)
+        if lo <= val <= hi and not (rule == '>0' and val == 0):
+            return ''
+        return {'>0': 'must be > 0', '>=0': 'must be >= 0'}.get(rule, f'must be in {rule}')
+    if rule in ('ints>0', 'floats>=0'):
+        cast, least = (int, 1) if rule == 'ints>0' else (float, 0)
+        try:
+            ok = all(cast(v) >= least for v in str(val).split(','))
+        except ValueError:
+            ok = False
+        return '' if ok else ('expected comma-separated integers > 0, like 1,2,4' if cast is int else
+                              'expected comma-separated numbers >= 0, like 0,0.5')
+    if rule == 'device':
+        kind = str(val).split(':')[0]
+        if val != 'auto' and kind not in ('cpu', 'cuda', 'mps'):
+            return "use 'auto', 'cpu', 'cuda' or 'mps'"
+        if kind == 'cuda' and not torch.cuda.is_available() or kind == 'mps' and not torch.backends.mps.is_available():
+            return f'no {kind} device on this machine; use --device=auto'
+        return ''
+    if rule in ('folder', 'file'):
+        path = os.path.join(here, str(val))
+        if rule == 'file':
+            if os.path.isdir(path):
+                return 'a folder, not a file'
+            path = os.path.dirname(path)
+        while not os.path.exists(path):  # the nearest folder that exists: the run creates the rest
+            path = os.path.dirname(path)
+        return (f'{path} is a file, not a folder' if not os.path.isdir(path) else
+                f'cannot write in {path}' if not os.access(path, os.W_OK) else '')
+    return '' if str(val) in rule.split('|') else 'use ' + ' or '.join(repr(w) for w in rule.split('|'))
 
 
 # -----------------------------------------------------------------------------
@@ -172,7 +242,7 @@ def encode_example(enc, prompt, response, prompt_len, gen_len):
     if len(p) > prompt_len:
         fail(f'prompt is {len(p)} tokens, longer than the model\'s prompt_len={prompt_len}')
     if len(r) > gen_len:
-        raise ValueError(f'response of {len(r)} tokens does not fit gen_len={gen_len}')
+        fail(f'a response of {len(r)} tokens does not fit gen_len={gen_len}')
     return [EOS_ID] * (prompt_len - len(p)) + p + r + [EOS_ID] * (gen_len - len(r))
 
 
@@ -704,24 +774,59 @@ def summarize(res, problems, gen_len, block_size):
 
 
 def save_checkpoint(path, model, kind, config, iter_num, metrics, optimizer=None):
-    """kind is 'teacher' or 'student'. The state dict is the uncompiled model's (no `_orig_mod.` prefix)."""
+    """kind is 'teacher', 'student' or 'ar'. The state dict is the uncompiled model's (no `_orig_mod.` prefix)."""
     model = getattr(model, '_orig_mod', model)
     ckpt = dict(kind=kind, model=model.state_dict(), model_args=model.args, config=config, iter_num=iter_num,
                 metrics={k: float(v) for k, v in metrics.items()}, tokenizer=TOKENIZER, mask_id=MASK_ID,
                 block_size=config['block_size'], optimizer=optimizer.state_dict() if optimizer else None)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torch.save(ckpt, path + '.tmp')
-    os.replace(path + '.tmp', path)
+    save_atomic(ckpt, path)
 
 
-def load_checkpoint(path, device='cpu', hint='python train_teacher.py'):
-    """(model, ckpt). A missing file or a checkpoint made with another tokenizer stops with a one-line error."""
+def save_atomic(obj, path):
+    """torch.save to a temporary file of its own in the same folder, then rename it over `path` in one step: a kill
+    at any moment leaves the previous file whole. NOTE: two runs on one folder are safe the same way: each writes
+    its own temporary file and each rename swaps in a complete file, so the last writer wins and no file is mixed."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + '.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as fh:
+            torch.save(obj, fh)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_torch(path):
+    """(obj, '') for a torch file written by this project, or (None, why) when it is missing or cannot be read."""
     if not os.path.exists(path):
+        return None, 'missing'
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True), ''
+    except Exception as e:  # NOTE: cut short, not a torch file, pickled classes: torch raises many kinds of errors
+        return None, f'unreadable ({type(e).__name__}: {(str(e).strip().splitlines() or [""])[0][:80]})'
+
+
+def load_checkpoint(path, device='cpu', hint='python train_teacher.py', kind=None):
+    """(model, ckpt). Stops with one line naming the file and the fix when it is missing, damaged, not a checkpoint,
+    made with another tokenizer, of another `kind` (a string, or a tuple of the kinds accepted) or of the wrong shape."""
+    ckpt, why = load_torch(path)
+    if why == 'missing':
         fail(f'no checkpoint at {path}; create it with `{hint}`')
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    if not why and not (isinstance(ckpt, dict) and {'kind', 'model', 'model_args', 'config', 'iter_num'} <= set(ckpt)):
+        why = 'not a cdlm checkpoint'
+    if why:
+        fail(f'{path} is {why}; delete it and create it again with `{hint}`')
     if (ckpt.get('tokenizer'), ckpt.get('mask_id')) != (TOKENIZER, MASK_ID):
         fail(f'{path} was made with tokenizer {ckpt.get("tokenizer")!r} (mask id {ckpt.get("mask_id")}); '
-             f'this code uses {TOKENIZER!r} (mask id {MASK_ID})')
-    model = Transformer(**ckpt['model_args']).to(device)
-    model.load_state_dict(ckpt['model'])
-    return model, ckpt
+             f'this code uses {TOKENIZER!r} (mask id {MASK_ID}): retrain it with `{hint}`')
+    kinds = (kind,) if isinstance(kind, str) else kind or ()
+    if kinds and ckpt['kind'] not in kinds:
+        fail(f'{path} holds a model of kind {ckpt["kind"]!r}, not {" or ".join(map(repr, kinds))}')
+    try:
+        model = Transformer(**ckpt['model_args'])
+        model.load_state_dict(ckpt['model'])
+    except (TypeError, RuntimeError) as e:
+        fail(f'{path} has weights that do not fit its model_args ({type(e).__name__}); retrain it with `{hint}`')
+    return model.to(device), ckpt

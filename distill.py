@@ -59,13 +59,14 @@ device = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
 threads = 0  # torch CPU threads, 0 = one per core
 bf16 = True  # train the student in bf16 autocast on CPUs that multiply bf16 natively (AVX512-BF16, AMX; CUDA always)
 seed = 1337  # drives trajectories, batches, masking and sampling
-config = cdlm.configure(globals(), doc=__doc__)  # --key=value overrides; --help lists them
+config = cdlm.configure(globals(), doc=__doc__, rules={  # --key=value overrides, checked before any work; --help
+    '>0': 'eval_interval eval_problems prompt_len gen_len block_size n_traj traj_batch batch_size max_iters lr '
+          'test_problems latency_problems',
+    '>=0': 'w_distill w_cons w_dlm min_lr warmup_iters grad_clip threads seed', '0..1': 'threshold',
+    f'1..{cdlm.VOCAB_SIZE - 1}': 'topk', 'floats>=0': 'temperatures', 'teacher|resume': 'init_from',
+    'folder': 'out_dir', 'device': 'device'})
 # -----------------------------------------------------------------------------
 
-if gen_len % block_size:
-    cdlm.fail(f'gen_len={gen_len} is not a multiple of block_size={block_size}')
-if min(test_problems, latency_problems) < 1:
-    cdlm.fail(f'test_problems={test_problems} and latency_problems={latency_problems} must be at least 1')
 torch.manual_seed(seed)
 torch.set_num_threads(threads or os.cpu_count())
 device = cdlm.pick_device(device)
@@ -79,13 +80,16 @@ cdlm.train_or_finish(teacher_path, os.path.join(here, 'train_teacher.py'),
                      [f'--out_dir={out_dir}', f'--ckpt_name={teacher_ckpt}', f'--device={device}', f'--seed={seed}',
                       f'--prompt_len={prompt_len}', f'--gen_len={gen_len}', f'--block_size={block_size}',
                       '--final_report=0'] + teacher_args.split(), 'teacher')
-teacher, teacher_meta = cdlm.load_checkpoint(teacher_path, device)
+teacher, teacher_meta = cdlm.load_checkpoint(teacher_path, device, hint='python distill.py', kind='teacher')
 teacher.eval()
-if teacher_meta['kind'] != 'teacher':
-    cdlm.fail(f'{teacher_path} holds a {teacher_meta["kind"]}, not a teacher')
 if teacher.args['seq_len'] != prompt_len + gen_len:
     cdlm.fail(f'{teacher_path} was trained for prompt_len + gen_len = {teacher.args["seq_len"]}, this config asks '
               f'for {prompt_len} + {gen_len}; pass the teacher\'s --prompt_len/--gen_len or retrain it')
+if init_from == 'resume':  # the student to continue, checked now so that a bad file costs no trajectory work
+    student, meta = cdlm.load_checkpoint(student_path, device, hint='python distill.py', kind='student')
+    if (meta['config']['prompt_len'], meta['block_size']) != (prompt_len, block_size):
+        cdlm.fail(f'{student_path} was distilled with prompt_len={meta["config"]["prompt_len"]}, '
+                  f'block_size={meta["block_size"]}; this config asks for {prompt_len}, {block_size}')
 teacher_id = cdlm.fingerprint(teacher)
 print(f'teacher: {teacher_path} (iter {teacher_meta["iter_num"]}, fingerprint {teacher_id})')
 
@@ -93,10 +97,16 @@ print(f'teacher: {teacher_path} (iter {teacher_meta["iter_num"]}, fingerprint {t
 temps = [float(t) for t in temperatures.split(',')]
 want = dict(teacher=teacher_id, prompt_len=prompt_len, gen_len=gen_len, block_size=block_size, temperatures=temps,
             topk=topk, count=n_traj)
-traj = torch.load(traj_path, map_location=device, weights_only=True) if os.path.exists(traj_path) else None
-if traj is not None and traj['meta'] != want:
-    diff = {k: (traj['meta'].get(k), v) for k, v in want.items() if traj['meta'].get(k) != v}
-    print(f'{traj_path} does not match this run (stored, wanted: {diff}); rebuilding it')
+traj, why = cdlm.load_torch(traj_path)  # reused only when this teacher made it with these settings
+if traj is not None:
+    meta = traj.get('meta', {}) if isinstance(traj, dict) else {}
+    if diff := {k: (meta.get(k), v) for k, v in want.items() if meta.get(k) != v}:
+        why = f'does not match this run (stored, wanted: {diff})'
+    elif not all(torch.is_tensor(traj.get(k)) and len(traj[k]) == n_traj for k in ('x', 'step_of', 'top_idx',
+                                                                                      'top_logp', 'gt')):
+        why = 'incomplete'
+if why not in ('', 'missing'):
+    print(f'{traj_path}: {why}; rebuilding it')
     traj = None
 if traj is None:
     x_gt, _ = cdlm.load_split('train', prompt_len, gen_len)
@@ -114,28 +124,20 @@ if traj is None:
             bar.update(len(gt))
     traj = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     traj['meta'] = want
-    torch.save(traj, traj_path + '.tmp')
-    os.replace(traj_path + '.tmp', traj_path)
+    cdlm.save_atomic(traj, traj_path)
     print(f'saved {n_traj} trajectories to {traj_path} ({os.path.getsize(traj_path) / 1e6:.1f} MB)')
 else:
+    traj = {k: v.to(device) if torch.is_tensor(v) else v for k, v in traj.items()}
     print(f'reusing {traj_path} ({len(traj["x"])} trajectories)')
 
 # 2. the student: the teacher's weights under the block-causal mask
 iter_num = 0
 if init_from == 'resume':
-    student, meta = cdlm.load_checkpoint(student_path, device, hint='python distill.py')
-    if meta['kind'] != 'student':
-        cdlm.fail(f'{student_path} holds a {meta["kind"]}, not a student')
-    if (meta['config']['prompt_len'], meta['block_size']) != (prompt_len, block_size):
-        cdlm.fail(f'{student_path} was distilled with prompt_len={meta["config"]["prompt_len"]}, '
-                  f'block_size={meta["block_size"]}; this config asks for {prompt_len}, {block_size}')
     iter_num = meta['iter_num']
     gen.manual_seed(seed + iter_num)  # new batches and states after a resume, not a replay of the first ones
     print(f'resuming the student from {student_path} at iter {iter_num}')
-elif init_from == 'teacher':
-    student, _ = cdlm.load_checkpoint(teacher_path, device)
 else:
-    cdlm.fail(f"init_from={init_from!r}: use 'teacher' or 'resume'")
+    student, _ = cdlm.load_checkpoint(teacher_path, device)
 optimizer = torch.optim.AdamW(student.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
 if init_from == 'resume' and meta['optimizer']:
     optimizer.load_state_dict(meta['optimizer'])

@@ -29,7 +29,8 @@ show = False  # animate each step: masks as a placeholder, new tokens highlighte
 delay = 0.2  # seconds per frame with --show on a terminal
 device = 'cpu'  # 'auto', 'cpu', 'cuda', 'mps'
 seed = 1337  # drives sampling at temperature > 0 and which test problems are shown
-config = cdlm.configure(globals(), doc=__doc__)  # --key=value overrides; --help lists them
+config = cdlm.configure(globals(), doc=__doc__, rules={  # --key=value overrides, checked before any work; --help
+    '>0': 'num_problems', '>=0': 'k block_size temperature delay seed', '0..1': 'threshold', 'device': 'device'})
 # -----------------------------------------------------------------------------
 
 torch.manual_seed(seed)
@@ -38,11 +39,10 @@ here = os.path.dirname(os.path.abspath(__file__))
 if not ckpt:
     ckpt = os.path.join(here, 'out', 'student.pt')
     ckpt = ckpt if os.path.exists(ckpt) else os.path.join(here, 'out', 'teacher.pt')
-model, meta = cdlm.load_checkpoint(os.path.join(here, ckpt), device, hint='python distill.py')
+model, meta = cdlm.load_checkpoint(os.path.join(here, ckpt), device, hint='python distill.py',
+                                   kind=('teacher', 'student'))
 model.eval()
 kind, cfg = meta['kind'], meta['config']
-if kind not in ('teacher', 'student'):
-    cdlm.fail(f'{ckpt} holds a {kind} model; sample.py decodes a teacher or a student')
 prompt_len, gen_len = cfg['prompt_len'], cfg['gen_len']
 attn = 'bidirectional' if kind == 'teacher' else 'block_causal'
 block_size = block_size or meta['block_size']

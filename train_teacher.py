@@ -52,13 +52,13 @@ threads = 0  # torch CPU threads, 0 = one per core
 compile = False  # torch.compile the model
 bf16 = True  # train in bf16 autocast on CPUs that multiply bf16 natively (AVX512-BF16, AMX; CUDA always): README
 seed = 1337  # drives init, batches and masking
-config = cdlm.configure(globals(), doc=__doc__)  # --key=value overrides; --help lists them
+config = cdlm.configure(globals(), doc=__doc__, rules={  # --key=value overrides, checked before any work; --help
+    '>0': 'eval_problems prompt_len gen_len block_size code_weight n_layer n_head d_model batch_size max_iters lr',
+    '>=0': 'eval_interval final_report min_lr warmup_iters weight_decay grad_clip threads seed',
+    'scratch|resume': 'init_from', 'mdm|ar': 'objective', 'mean|elbo': 'loss_weight', 'folder': 'out_dir',
+    'device': 'device'})
 # -----------------------------------------------------------------------------
 
-if gen_len % block_size:
-    cdlm.fail(f'gen_len={gen_len} is not a multiple of block_size={block_size}')
-if code_weight <= 0:
-    cdlm.fail(f'code_weight={code_weight} must be positive')
 torch.manual_seed(seed)
 torch.set_num_threads(threads or os.cpu_count())
 device = cdlm.pick_device(device)
@@ -74,19 +74,18 @@ eval_set = cdlm.tasks.per_family(val_problems, eval_problems)
 print(f'train {len(x_train)} examples, val {len(x_val)}, tokens per example {x_train.shape[1]}')
 
 # model and optimizer, fresh or resumed
+kind, attn = ('teacher', 'bidirectional') if objective == 'mdm' else ('ar', 'causal')
 model_args = dict(vocab_size=cdlm.VOCAB_SIZE, seq_len=prompt_len + gen_len, n_layer=n_layer, n_head=n_head,
                   d_model=d_model)
 iter_num = 0
 if init_from == 'resume':
-    model, ckpt = cdlm.load_checkpoint(out_path, device)
+    model, ckpt = cdlm.load_checkpoint(out_path, device, kind=kind)
     if ckpt['model_args'] != model_args:
         cdlm.fail(f'{out_path} has model {ckpt["model_args"]}, the config asks for {model_args}')
     iter_num = ckpt['iter_num']
     print(f'resuming from {out_path} at iter {iter_num}')
-elif init_from == 'scratch':
-    model = cdlm.Transformer(**model_args).to(device)
 else:
-    cdlm.fail(f"init_from={init_from!r}: use 'scratch' or 'resume'")
+    model = cdlm.Transformer(**model_args).to(device)
 print(f'model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters')
 optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
 if init_from == 'resume' and ckpt['optimizer']:
@@ -95,12 +94,7 @@ train_model = torch.compile(model) if compile else model
 gen = torch.Generator(device).manual_seed(seed + iter_num)  # batches and masks; offset so a resume draws new ones
 response = torch.arange(x_train.shape[1], device=device) >= prompt_len  # maskable positions: the response only
 causal = cdlm.attention_mask('causal', x_train.shape[1] - 1, device=device)
-if objective not in ('mdm', 'ar'):
-    cdlm.fail(f"objective={objective!r}: use 'mdm' or 'ar'")
-kind, attn = ('teacher', 'bidirectional') if objective == 'mdm' else ('ar', 'causal')
 paired = complement and objective == 'mdm'  # complementary masks pair the rows of a training batch
-if loss_weight not in ('elbo', 'mean'):
-    cdlm.fail(f"loss_weight={loss_weight!r}: use 'elbo' or 'mean'")
 eval_interval = eval_interval or max(1, max_iters // 4)
 
 

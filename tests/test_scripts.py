@@ -52,6 +52,10 @@ def test_distill_end_to_end(teacher_dir):
     assert 'reusing' in res.stdout and 'cons 0.0000' not in res.stdout.split('reusing')[0]
     res = run('distill.py', *args, '--topk=4', '--max_iters=2')
     assert 'does not match this run' in res.stdout  # trajectories from another setting are rebuilt, with a reason
+    traj = teacher_dir / 'trajectories.pt'
+    traj.write_bytes(traj.read_bytes()[:1000])  # a copy cut short
+    res = run('distill.py', *args, '--topk=4', '--max_iters=1')
+    assert 'trajectories.pt: unreadable' in res.stdout and 'rebuilding it' in res.stdout and 'saved 16 trajectories' in res.stdout
 
 
 def test_distill_finishes_an_interrupted_teacher(teacher_dir, tmp_path):
@@ -70,13 +74,18 @@ def test_distill_finishes_an_interrupted_teacher(teacher_dir, tmp_path):
     ('train_teacher.py', ['--nope=1'], "unknown config key 'nope'; valid keys: out_dir"),
     ('train_teacher.py', ['--max_iters=ten'], '--max_iters=ten: expected a int'),
     ('train_teacher.py', ['--gen_len=50'], 'not a multiple of block_size'),
-    ('train_teacher.py', ['--code_weight=0'], 'code_weight=0.0 must be positive'),
-    ('distill.py', ['--gen_len=50'], 'not a multiple of block_size'),
+    ('train_teacher.py', ['--block_size=0'], '--block_size=0: must be > 0'),
+    ('distill.py', ['--topk=0'], '--topk=0: must be in 1..257'),
     ('sample.py', ['--ckpt=/nonexistent/teacher.pt'], 'create it with `python distill.py`'),
+    ('sample.py', [f'--ckpt={ROOT}/README.md'], 'is unreadable'),
+    ('bench.py', ['--quick', '--repeats=0'], '--repeats=0: must be > 0'),
 ])
 def test_bad_input_is_one_line(script, args, message):
+    """As a user meets it, in a process of its own: exit status 1 and one `error:` line (tests/test_bad_input.py
+    tries every key in-process)."""
     res = run(script, *args, ok=False)
-    assert message in res.stderr and 'Traceback' not in res.stderr, res.stderr
+    assert res.returncode == 1 and res.stderr.startswith('error: ') and res.stderr.count('\n') == 1, res.stderr
+    assert message in res.stderr, res.stderr
 
 
 def test_bad_input_with_a_checkpoint(teacher_dir):
