@@ -1,23 +1,33 @@
 """
-One run, one table: the CDLM student against the baselines the paper names and a same-size autoregressive model,
-measured side by side on this machine. Absolute times are noisy; ratios taken in one run, with every timed problem
-decoded by every row in turn, much less so.
+One run, three tables: the CDLM student against the baselines the paper names and a same-size autoregressive model,
+measured side by side on this machine. Absolute times are noisy; ratios taken in one run, with every row timed in
+turn within each round, much less so.
 
     python bench.py                              # checkpoints from out/ (python distill.py makes them)
     python bench.py --quick                      # tiny random-init models, about a minute on a CPU (smoke test)
-    python bench.py --peak_tflops=990 --peak_gbps=3350 --device=cuda   # add the roofline bound (H100 SXM, bf16)
+    python bench.py --compile                    # the same decoders, torch.compile'd (CUDA: CUDA graphs)
 
-Rows, all greedy at batch 1 after a warm-up, median of `repeats` timed rounds:
+Rows, all greedy:
   teacher 1 token/step (vanilla, no cache) | teacher naive step truncation to the student's budget |
   teacher threshold (Fast-dLLM, no cache)  | student uncached | student cached | autoregressive model with a KV cache.
+Tables:
+  1. accuracy and steps on the whole test split, and the latency of one request (batch 1) with its speed-up;
+  2. throughput in generated tokens/s (the answer and its EOS) at each batch size, on the same math test problems,
+     with the FLOP/s each row achieves (FLOPs counted from the shapes of the passes it ran) against this machine's
+     matmul peak and memory bandwidth, both measured in the same run;
+  3. cache scaling: the student with and without its cache as the generated length grows.
+A batch decodes in lockstep: a block's passes go on while any row still has a mask in it, and each pass computes every
+row, so a batch pays for its slowest row. `passes` counts the passes actually run; `nfe` the passes each row needed.
 The autoregressive model has the same width, depth and corpus; when missing it is trained with train_teacher.py
 --objective=ar for the teacher's number of steps and batch size, so the same training compute.
 """
+import hashlib
 import json as jsonlib
 import math
 import os
 import platform
 import statistics
+import time
 
 import torch
 from tqdm import tqdm
@@ -30,19 +40,19 @@ teacher_ckpt = 'teacher.pt'  # from train_teacher.py or distill.py
 student_ckpt = 'student.pt'  # from distill.py
 ar_ckpt = 'ar.pt'  # trained here when missing
 threshold = 0.9  # tau for threshold decoding
-timed_problems = 50  # math test problems decoded at batch 1 per row for latency
-repeats = 5  # timed rounds, each decoding every timed problem with every row in turn; the median is reported
+timed_problems = 128  # math test problems every row decodes at every batch size (a multiple of the largest batch)
+batches = '1,8,32,128'  # batch sizes of the throughput sweep; batch 1 gives the latency of one request
+repeats = 3  # timed rounds, each timing every row at every batch size in turn; the median is reported
 scaling = '1,2,4,8'  # cache scaling: generation lengths as multiples of gen_len
-peak_tflops = 0.0  # > 0: the device's peak TFLOP/s, for the roofline bound
-peak_gbps = 0.0  # > 0: the device's memory bandwidth in GB/s, for the roofline bound
 quick = False  # tiny random-init models instead of checkpoints: a smoke test of the whole script
+compile = False  # torch.compile every model (CUDA: mode='reduce-overhead', CUDA graphs; CPU: the default backend)
 json = 'out/bench.json'  # every figure, with the device, torch version and config
-device = 'cpu'  # 'auto', 'cpu', 'cuda', 'mps'
+device = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
 threads = 0  # torch CPU threads, 0 = one per core
 seed = 1337
 config = cdlm.configure(globals(), doc=__doc__, rules={  # --key=value overrides, checked before any work; --help
-    '>0': 'timed_problems repeats', '>=0': 'peak_tflops peak_gbps threads seed', '0..1': 'threshold',
-    'ints>0': 'scaling', 'folder': 'out_dir', 'file': 'json', 'device': 'device'})
+    '>0': 'timed_problems repeats', '>=0': 'threads seed', '0..1': 'threshold', 'ints>0': 'batches scaling',
+    'folder': 'out_dir', 'file': 'json', 'device': 'device'})
 # -----------------------------------------------------------------------------
 
 torch.manual_seed(seed)
@@ -56,7 +66,7 @@ if quick:  # shapes of the real thing, random weights: accuracy is meaningless, 
     prompt_len, gen_len, block_size = 24, 48, 16
     models = {k: cdlm.Transformer(seq_len=prompt_len + gen_len * 8, n_layer=2, n_head=2, d_model=32).to(device).eval()
               for k in ('teacher', 'student', 'ar')}
-    timed_problems, repeats = min(timed_problems, 4), min(repeats, 3)
+    repeats = 1
 else:
     # the same-size autoregressive model: the teacher's shape, steps and batch size (trained, or finished, when needed)
     c = cdlm.load_checkpoint(path['teacher'], device, hint='python distill.py', kind='teacher')[1]['config']
@@ -75,15 +85,24 @@ else:
         if metas[name]['model_args'] != metas['student']['model_args']:
             cdlm.fail(f'{path[name]} has shape {metas[name]["model_args"]}, the student {metas["student"]["model_args"]}')
 
+# --compile times compiled teacher and student (the AR model stays eager: see cdlm.compile_decoder); the accuracy
+# table and the pass counts use the eager models, and the sweep checks that the timed models decode the same tokens
+timed_models = {k: cdlm.compile_decoder(m, device) if compile and k != 'ar' else m for k, m in models.items()}
 test = cdlm.tasks.build_splits()['test']
 if quick:
-    test = cdlm.tasks.per_family(test, 8)
+    test = cdlm.tasks.per_family(test, 64)
 timed = cdlm.tasks.of_family(test, 'math')[:timed_problems]
+batch_sizes = [min(int(b), len(timed)) for b in batches.split(',')]
 
 
-def decode(name, attn, rule, problems, batch_size=100):
-    return cdlm.evaluate(models[name], problems, prompt_len, gen_len, block_size, attn, device, batch_size=batch_size,
-                         **rule)
+def decode(name, attn, rule, problems, batch_size=100, compiled=False):
+    return cdlm.evaluate((timed_models if compiled else models)[name], problems, prompt_len, gen_len, block_size, attn,
+                         device, batch_size=batch_size, **rule)
+
+
+def digest(texts):
+    """A short hash of decoded texts: equal hashes mean token-identical outputs (the same checkpoints and rule)."""
+    return hashlib.sha1('\n'.join(texts).encode()).hexdigest()[:12]
 
 
 # the rows: student first, since naive truncation gets the student's step budget
@@ -96,6 +115,7 @@ rules = {
     'autoregressive, cached': ('ar', 'causal', dict(use_cache=True)),
 }
 rows, outputs = {}, {}
+t_start = time.perf_counter()
 for name in list(rules):  # accuracy: every test problem, batched
     if name == 'teacher, truncated':  # the same number of passes as the student, spread evenly over the blocks
         budget = max(1, round(rows['student, cached']['nfe_math'] / (gen_len // block_size)))
@@ -106,42 +126,121 @@ for name in list(rules):  # accuracy: every test problem, batched
     outputs[name] = res['text']
     f = cdlm.summarize(res, test, gen_len, block_size)
     rows[name] = dict(acc_math=f['math']['acc'], acc_code=f['code']['acc'], answer_acc_math=f['math']['answer_acc'],
-                      nfe_math=f['math']['nfe'], tokens_per_step=f['math']['tokens_per_step'])
+                      nfe_math=f['math']['nfe'], tokens_per_step=f['math']['tokens_per_step'],
+                      outputs_sha1=digest(res['text']))
     print(f'{name}: {rows[name]}')
-
-# latency at batch 1: a warm-up problem per row, then `repeats` rounds; in each round every problem is decoded by
-# every row in turn, so a slow spell of the machine (seconds long on a shared CPU) hits all rows alike; per row, the
-# median round
-for rule in rules.values():
-    decode(*rule, timed[:1], batch_size=1)
-seconds = {name: [] for name in rules}
-for _ in tqdm(range(repeats), desc='timing', unit='round'):
-    runs = {name: [] for name in rules}
-    for q in timed:
-        for name, rule in rules.items():
-            runs[name].append(decode(*rule, [q], batch_size=1))
-    for name, rs in runs.items():
-        seconds[name].append(sum(r['seconds'] for r in rs) / len(timed))
-last = {name: {k: [v for r in rs for v in r[k]] for k in ('strict', 'answer', 'nfe', 'text')}  # the last round
-        for name, rs in runs.items()}
-for name, res1 in last.items():
-    f1 = cdlm.summarize(res1, timed, gen_len, block_size)['math']
-    n_tok = f1['tokens_per_step'] * f1['nfe']  # generated tokens per timed problem: the answer and its EOS
-    sec = statistics.median(seconds[name])
-    rows[name].update(latency_s=sec, tokens_per_s=n_tok / sec,
-                      batch1_matches=res1['text'] == [t for t, q in zip(outputs[name], test) if q in timed])
-base = rows['teacher, 1 token/step']['latency_s']
-for r in rows.values():
-    r['speedup'] = base / r['latency_s']
 rows['student, cached']['match'] = rows['student, uncached']['match'] = outputs['student, cached'] == outputs[
     'student, uncached']
+print(f'accuracy in {time.perf_counter() - t_start:.0f} s')
 
-print(f'\n| decoding | math acc | code acc | math NFE | tokens/step | latency | tokens/s | speed-up | match |')
+
+def count_passes(model_name, attn, rule, batch_size):
+    """Decode the timed problems once with a hook on the eager model that records every forward pass as
+    (rows, new tokens, keys attended): the passes actually run, lockstep included, for the FLOP and byte counts."""
+    model, passes = models[model_name], []
+
+    def hook(module, args, kwargs):
+        idx, cache = args[0], args[2] if len(args) > 2 else kwargs.get('cache')
+        passes.append((idx.shape[0], idx.shape[1], (len(cache) if cache is not None else 0) + idx.shape[1]))
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        res = cdlm.evaluate(model, timed, prompt_len, gen_len, block_size, attn, device, batch_size=batch_size, **rule)
+    finally:
+        handle.remove()
+    return passes, res
+
+
+# FLOPs and bytes of one pass from the shapes: 2 FLOPs per weight per token in the matmuls plus QK^T and AV; bytes =
+# the weights once plus every row's keys and values (bf16 on CUDA under autocast, else fp32)
+L, d, V = (models['student'].args[k] for k in ('n_layer', 'd_model', 'vocab_size'))
+n_matmul = L * 12 * d ** 2 + d * (V - 1)  # the weights used in matmuls
+bytes_w = 2 if device.startswith('cuda') else 4
+
+
+def flops_bytes(passes):
+    """FLOPs and bytes of the passes (rows, new tokens, keys attended) recorded by count_passes."""
+    flops = sum(2 * n_matmul * b * q + 4 * L * b * q * kv * d for b, q, kv in passes)
+    bytes_ = sum(bytes_w * (n_matmul + 2 * L * b * kv * d) for b, q, kv in passes)
+    return flops, bytes_
+
+
+def measure_peak():
+    """(FLOP/s, bytes/s): the best of 5 timings of a large matmul and of a large copy, in decoding's dtype."""
+    n, dtype = (8192, torch.bfloat16) if device.startswith('cuda') else (2048, torch.float32)
+    x, big = torch.randn(n, n, device=device, dtype=dtype), torch.empty(2 ** 26, device=device, dtype=dtype)
+    best = []
+    for fn in (lambda: x @ x, lambda: big.clone()):
+        times = []
+        for _ in range(6):  # the first call warms up
+            cdlm.synchronize(device)
+            t0 = time.perf_counter()
+            fn()
+            cdlm.synchronize(device)
+            times.append(time.perf_counter() - t0)
+        best.append(min(times[1:]))
+    return 2 * n ** 3 / best[0], 2 * big.numel() * big.element_size() / best[1]
+
+
+# the sweep: one untimed pass per row and batch size counts the passes (and warms up, or compiles), then `repeats`
+# rounds time every row at every batch size in turn, so a slow spell of the machine hits all rows alike
+peak_flops, peak_bw = measure_peak()
+enc, shape, t_warm = cdlm.get_tokenizer(), {}, time.perf_counter()
+for b in batch_sizes:
+    for name, rule in rules.items():
+        passes, res = count_passes(*rule, b)
+        decode(*rule, timed if compile else timed[:b], batch_size=b, compiled=True)  # warm-up, or every compilation
+        n_tokens = sum(cdlm.generated_tokens(enc, t, gen_len) for t in res['text'])
+        shape[name, b] = dict(passes=len(passes), tokens=n_tokens, text=res['text'])
+        shape[name, b]['flops'], shape[name, b]['bytes'] = flops_bytes(passes)
+warmup_s = time.perf_counter() - t_warm
+print(f'passes counted and models warmed up{" and compiled" if compile else ""} in {warmup_s:.0f} s')
+seconds, texts = {key: [] for key in shape}, {}
+for _ in tqdm(range(repeats), desc='timing', unit='round'):
+    for b in batch_sizes:
+        for name, rule in rules.items():
+            res = decode(*rule, timed, batch_size=b, compiled=True)
+            seconds[name, b].append(res['seconds'])
+            texts[name, b] = res['text']
+sweep = []
+for (name, b), s in shape.items():
+    sec = statistics.median(seconds[name, b])
+    roof = max(s['flops'] / peak_flops, s['bytes'] / peak_bw)  # the roofline's time for this work
+    sweep.append(dict(row=name, batch=b, seconds=sec, tokens_per_s=s['tokens'] / sec, passes=s['passes'],
+                      flop_per_byte=s['flops'] / s['bytes'], achieved_flops=s['flops'] / sec,
+                      peak_share=s['flops'] / sec / peak_flops, roofline_share=roof / sec,
+                      bound='compute' if s['flops'] / peak_flops > s['bytes'] / peak_bw else 'memory',
+                      same_tokens=texts[name, b] == s['text'] == [t for t, q in zip(outputs[name], test)
+                                                                   if q in timed]))
+by = {(r['row'], r['batch']): r for r in sweep}
+for name, r in rows.items():  # batch 1: the latency of one request
+    r['latency_s'] = by[name, batch_sizes[0]]['seconds'] / len(timed)
+    r['tokens_per_s'] = by[name, batch_sizes[0]]['tokens_per_s']
+for r in rows.values():
+    r['speedup'] = rows['teacher, 1 token/step']['latency_s'] / r['latency_s']
+
+print(f'\n| decoding | math acc | code acc | math NFE | tokens/step | latency (batch {batch_sizes[0]}) | tokens/s | '
+      'speed-up | match |')
 print('|---|---|---|---|---|---|---|---|---|')
 for name, r in rows.items():
     shown = name_shown if name == 'teacher, truncated' else name
     print(f'| {shown} | {r["acc_math"]:.1%} | {r["acc_code"]:.1%} | {r["nfe_math"]:.2f} | {r["tokens_per_step"]:.2f} | '
           f'{r["latency_s"] * 1000:.1f} ms | {r["tokens_per_s"]:.0f} | {r["speedup"]:.1f}x | {r.get("match", "")} |')
+
+print(f'\nthroughput over {len(timed)} math test problems; machine: matmul {peak_flops / 1e9:.0f} GFLOP/s, copy '
+      f'{peak_bw / 1e9:.1f} GB/s (ridge {peak_flops / peak_bw:.0f} FLOP/byte)')
+print('| decoding | batch | tokens/s | passes | FLOP/byte | GFLOP/s | % of matmul peak | roofline bound | '
+      '% of roofline | same tokens |')
+print('|---|---|---|---|---|---|---|---|---|---|')
+for r in sweep:
+    print(f'| {r["row"]} | {r["batch"]} | {r["tokens_per_s"]:.0f} | {r["passes"]} | {r["flop_per_byte"]:.1f} | '
+          f'{r["achieved_flops"] / 1e9:.2f} | {r["peak_share"]:.1%} | {r["bound"]} | {r["roofline_share"]:.1%} | '
+          f'{r["same_tokens"]} |')
+tps = {key: r['tokens_per_s'] for key, r in by.items()}
+ratios = [dict(batch=b, cache_speedup=tps['student, cached', b] / tps['student, uncached', b],
+               cached_vs_vanilla=tps['student, cached', b] / tps['teacher, 1 token/step', b]) for b in batch_sizes]
+print('\n| batch | cached / uncached student | cached student / vanilla teacher |\n|---|---|---|')
+for r in ratios:
+    print(f'| {r["batch"]} | {r["cache_speedup"]:.2f}x | {r["cached_vs_vanilla"]:.1f}x |')
 
 # cache scaling: a random-init student-shaped model, so only speed is measured; 2 steps per block keeps NFE fixed
 args = dict(models['student'].args)
@@ -162,40 +261,14 @@ print('\n| gen_len | uncached | cached | cache speed-up |\n|---|---|---|---|')
 for r in scaling_rows:
     print(f'| {r["gen_len"]} | {r["uncached_s"] * 1000:.1f} ms | {r["cached_s"] * 1000:.1f} ms | {r["speedup"]:.2f}x |')
 
-# arithmetic intensity of one forward pass at batch 1, from the shapes: FLOPs over bytes of weights and KV cache read
-a = models['student'].args
-n_matmul = a['n_layer'] * 12 * a['d_model'] ** 2 + a['d_model'] * (a['vocab_size'] - 1)  # weights used in matmuls
-bytes_w = 2 if device.startswith('cuda') else 4  # bf16 on CUDA (autocast's weight copies, a bf16 cache), else fp32
-T = prompt_len + gen_len
-
-
-def intensity(q, kv):
-    """q new tokens attending to kv keys: 2 FLOPs per weight per token, plus QK^T and AV; bytes = weights + KV read."""
-    flops = 2 * n_matmul * q + 4 * a['n_layer'] * q * kv * a['d_model']
-    bytes_ = bytes_w * (n_matmul + 2 * a['n_layer'] * kv * a['d_model'])
-    return flops, bytes_
-
-
-modes = {'autoregressive, cached (mid-answer)': (1, prompt_len + gen_len // 2),
-         'teacher, no cache (whole canvas)': (T, T),
-         'student, cached (one block)': (block_size, prompt_len + gen_len // 2),
-         'student, uncached (prefix)': (prompt_len + gen_len // 2, prompt_len + gen_len // 2)}
-print('\n| forward pass (batch 1) | tokens | MFLOP | MB read | FLOP/byte | roofline bound |\n|---|---|---|---|---|---|')
-ai_rows = {}
-for name, (q, kv) in modes.items():
-    flops, bytes_ = intensity(q, kv)
-    bound = max(flops / (peak_tflops * 1e12), bytes_ / (peak_gbps * 1e9)) if peak_tflops and peak_gbps else None
-    ai_rows[name] = dict(tokens=q, flops=flops, bytes=bytes_, intensity=flops / bytes_, roofline_s=bound)
-    print(f'| {name} | {q} | {flops / 1e6:.1f} | {bytes_ / 1e6:.2f} | {flops / bytes_:.1f} | '
-          + (f'{bound * 1e6:.1f} us |' if bound else '- |'))
-if peak_tflops and peak_gbps:
-    print(f'ridge point: {peak_tflops * 1e12 / (peak_gbps * 1e9):.0f} FLOP/byte')
-
-result = dict(device=device, device_name=torch.cuda.get_device_name() if device.startswith('cuda') else platform.processor(),
-              torch=torch.__version__, config=config, rows=rows, cache_scaling=scaling_rows, arithmetic_intensity=ai_rows)
+device_name = torch.cuda.get_device_name() if device.startswith('cuda') else platform.processor()
+result = dict(device=device, device_name=device_name,
+              torch=torch.__version__, config=config, rows=rows, sweep=sweep, ratios=ratios,
+              peak=dict(flops=peak_flops, bytes_per_s=peak_bw), warmup_s=warmup_s, cache_scaling=scaling_rows)
 out = os.path.join(here, json)
 os.makedirs(os.path.dirname(out), exist_ok=True)
 with open(out, 'w') as fh:
     jsonlib.dump(result, fh, indent=1)
-print(f'wrote {out}')
-print(jsonlib.dumps({k: round(v['speedup'], 2) for k, v in rows.items()}))
+print(f'wrote {out} in {(time.perf_counter() - t_start) / 60:.1f} min')
+print(jsonlib.dumps({f'batch {r["batch"]}': dict(cache=round(r['cache_speedup'], 2), vs_vanilla=round(
+    r['cached_vs_vanilla'], 1)) for r in ratios}))

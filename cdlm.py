@@ -600,6 +600,16 @@ def generate(model, prompt, gen_len, block_size, attn='bidirectional', use_cache
     return dict(x=x, nfe=nfe, step_of=step_of, top_idx=top_idx, top_logp=top_logp)
 
 
+def compile_decoder(model, device, backend='inductor'):
+    """torch.compile a model for decoding, with one graph per distinct pass shape (dynamic=False): a cached student
+    has a few per batch size (the first block with the prompt, a block alone, a block with the one finished before
+    it), the teacher one. On CUDA, mode='reduce-overhead' adds CUDA graphs, so a batch-1 pass is not launch-bound.
+    NOTE: an AR model has one shape per generated token (its cache grows by one): compile it and most passes stay eager."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(model, dynamic=False, backend=backend,
+                         mode='reduce-overhead' if device.startswith('cuda') and backend == 'inductor' else None)
+
+
 @torch.no_grad()
 def generate_ar(model, prompt, gen_len, use_cache=True, early_stop=True):
     """Greedy next-token decoding of a causal model (the same-size autoregressive baseline of bench.py). Here the

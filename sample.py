@@ -27,6 +27,7 @@ block_size = 0  # 0 = the checkpoint's block size; a teacher may decode with any
 temperature = 0.0  # 0 = greedy
 show = False  # animate each step: masks as a placeholder, new tokens highlighted, the current block marked
 delay = 0.2  # seconds per frame with --show on a terminal
+compile = False  # torch.compile the model for decoding (cdlm.compile_decoder): the first problems pay for compiling
 device = 'cpu'  # 'auto', 'cpu', 'cuda', 'mps'
 seed = 1337  # drives sampling at temperature > 0 and which test problems are shown
 config = cdlm.configure(globals(), doc=__doc__, rules={  # --key=value overrides, checked before any work; --help
@@ -42,6 +43,7 @@ if not ckpt:
 model, meta = cdlm.load_checkpoint(os.path.join(here, ckpt), device, hint='python distill.py',
                                    kind=('teacher', 'student'))
 model.eval()
+model = cdlm.compile_decoder(model, device) if compile else model
 kind, cfg = meta['kind'], meta['config']
 prompt_len, gen_len = cfg['prompt_len'], cfg['gen_len']
 attn = 'bidirectional' if kind == 'teacher' else 'block_causal'

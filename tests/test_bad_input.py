@@ -53,7 +53,7 @@ BAD = {  # script: [(arguments, what the error line must say)]; {out} is the fol
         ('--ckpt={out}/missing.pt', 'no checkpoint at'), ('--ckpt={out}/ok/student.pt --block_size=8', 'block_size=16'),
     ],
     'bench.py': [
-        ('--timed_problems=0', '> 0'), ('--repeats=0', '> 0'), ('--peak_tflops=-1', '>= 0'), ('--peak_gbps=-1', '>= 0'),
+        ('--timed_problems=0', '> 0'), ('--repeats=0', '> 0'), ('--batches=1,0', 'integers > 0'), ('--batches=a', '> 0'),
         ('--threshold=1.1', 'in 0..1'), ('--threads=-1', '>= 0'), ('--seed=-1', '>= 0'), ('--quick --repeats=0', '> 0'),
         ('--quick --scaling=a', 'comma-separated integers'), ('--scaling=1,0', 'comma-separated integers'),
         ('--device=gpu', "use 'auto'"), ('--json={out}/afile/b.json', 'not a folder'), ('--json={out}', 'not a file'),

@@ -170,3 +170,30 @@ def test_autoregressive_decoding_with_and_without_cache(tiny_model):
         x = torch.cat([x, tiny_model(x, mask)[:, -1].argmax(-1, keepdim=True)], dim=1)
     done = (x[:, 5:] == cdlm.EOS_ID).cumsum(-1) > 0  # after an EOS the baseline writes EOS
     assert torch.equal(torch.where(done, cdlm.EOS_ID, x[:, 5:]), a['x'][:, 5:])
+
+
+
+def compiled_matches_eager(backend, uncached=True):
+    """compile_decoder's model decodes token for token like the eager one: the teacher's rule, the cached and the
+    uncached student."""
+    torch.manual_seed(0)
+    model = cdlm.Transformer(seq_len=32, n_layer=2, n_head=2, d_model=32).eval()
+    compiled = cdlm.compile_decoder(model, 'cpu', backend)
+    prompt = torch.randint(0, 256, (3, 8))
+    for attn, kw in [('bidirectional', dict(k=1, threshold=None, early_stop=False)),
+                     ('block_causal', dict(use_cache=True, k=None, threshold=0.3)),
+                     ('block_causal', dict(use_cache=False, k=2, threshold=None))][:3 if uncached else 2]:
+        a, b = (cdlm.generate(m, prompt, 24, 8, attn=attn, **kw) for m in (model, compiled))
+        assert torch.equal(a['x'], b['x']) and torch.equal(a['nfe'], b['nfe']), (attn, kw)
+
+
+def test_compiled_decoding_gives_the_same_tokens():
+    """Graph capture only (backend aot_eager: no code generation), so it takes seconds: the cache's in-place writes
+    and its position counter survive tracing."""
+    compiled_matches_eager('aot_eager', uncached=False)
+
+
+@pytest.mark.slow
+def test_compiled_decoding_gives_the_same_tokens_with_inductor():
+    """The default backend, as `--compile` runs on a CPU: generated kernels, minutes to compile."""
+    compiled_matches_eager('inductor')

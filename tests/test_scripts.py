@@ -102,11 +102,19 @@ def test_help_lists_defaults():
 
 def test_bench_quick_reports_every_row_and_column(tmp_path):
     import json
-    run('bench.py', '--quick', f'--json={tmp_path}/bench.json', '--threads=1', '--repeats=1')
+    run('bench.py', '--quick', f'--json={tmp_path}/bench.json', '--threads=1', '--batches=1,4', '--timed_problems=8',
+        '--scaling=1,2')
     res = json.loads((tmp_path / 'bench.json').read_text())
-    assert len(res['rows']) == 6 and len(res['cache_scaling']) == 4 and len(res['arithmetic_intensity']) == 4
+    assert len(res['rows']) == 6 and len(res['sweep']) == 12 and len(res['cache_scaling']) == 2
     for name, row in res['rows'].items():
-        assert {'acc_math', 'acc_code', 'nfe_math', 'tokens_per_step', 'latency_s', 'tokens_per_s', 'speedup'} <= set(
-            row), name
+        assert {'acc_math', 'acc_code', 'nfe_math', 'tokens_per_step', 'latency_s', 'tokens_per_s', 'speedup',
+                'outputs_sha1'} <= set(row), name
+    for r in res['sweep']:
+        assert r['same_tokens'] is True and r['passes'] > 0 and r['tokens_per_s'] > 0 and 0 < r['peak_share'], r
+        assert r['bound'] in ('compute', 'memory') and r['flop_per_byte'] > 0
+    by = {(r['row'], r['batch']): r for r in res['sweep']}
+    assert by['teacher, 1 token/step', 1]['passes'] == 8 * 48  # one pass per token, for each of the 8 problems
+    assert by['teacher, 1 token/step', 4]['passes'] == 2 * 48  # lockstep: two batches of 4, 48 passes each
+    assert [r['batch'] for r in res['ratios']] == [1, 4] and res['peak']['flops'] > 0
     assert res['rows']['student, cached']['match'] is True
     assert res['device'] == 'cpu' and res['torch'] == torch.__version__
