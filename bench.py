@@ -1,5 +1,5 @@
 """
-One run, three tables: the CDLM student against the baselines the paper names and a same-size autoregressive model,
+One run, four tables: the CDLM student against the baselines the paper names and a same-size autoregressive model,
 measured side by side on this machine. Absolute times are noisy; ratios taken in one run, with every row timed in
 turn within each round, much less so.
 
@@ -15,7 +15,8 @@ Tables:
   2. throughput in generated tokens/s (the answer and its EOS) at each batch size, on the same math test problems,
      with the FLOP/s each row achieves (FLOPs counted from the shapes of the passes it ran) against this machine's
      matmul peak and memory bandwidth, both measured in the same run;
-  3. cache scaling: the student with and without its cache as the generated length grows.
+  3. per batch size, the cache's speed-up and the cached student against the vanilla teacher;
+  4. cache scaling: a random-init student with and without its cache as the generated length grows (batch 1).
 A batch decodes in lockstep: a block's passes go on while any row still has a mask in it, and each pass computes every
 row, so a batch pays for its slowest row. `passes` counts the passes actually run; `nfe` the passes each row needed.
 The autoregressive model has the same width, depth and corpus; when missing it is trained with train_teacher.py
@@ -41,11 +42,11 @@ student_ckpt = 'student.pt'  # from distill.py
 ar_ckpt = 'ar.pt'  # trained here when missing
 threshold = 0.9  # tau for threshold decoding
 timed_problems = 128  # math test problems every row decodes at every batch size (a multiple of the largest batch)
-batches = '1,8,32,128'  # batch sizes of the throughput sweep; batch 1 gives the latency of one request
+batches = '1,8,32,128'  # batch sizes of the throughput sweep; batch 1, the latency of one request, always runs
 repeats = 3  # timed rounds, each timing every row at every batch size in turn; the median is reported
 scaling = '1,2,4,8'  # cache scaling: generation lengths as multiples of gen_len
 quick = False  # tiny random-init models instead of checkpoints: a smoke test of the whole script
-compile = False  # torch.compile every model (CUDA: mode='reduce-overhead', CUDA graphs; CPU: the default backend)
+compile = False  # time torch.compile'd teacher and student (cdlm.compile_decoder; the AR model stays eager)
 json = 'out/bench.json'  # every figure, with the device, torch version and config
 device = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
 threads = 0  # torch CPU threads, 0 = one per core
@@ -66,7 +67,6 @@ if quick:  # shapes of the real thing, random weights: accuracy is meaningless, 
     prompt_len, gen_len, block_size = 24, 48, 16
     models = {k: cdlm.Transformer(seq_len=prompt_len + gen_len * 8, n_layer=2, n_head=2, d_model=32).to(device).eval()
               for k in ('teacher', 'student', 'ar')}
-    repeats = 1
 else:
     # the same-size autoregressive model: the teacher's shape, steps and batch size (trained, or finished, when needed)
     c = cdlm.load_checkpoint(path['teacher'], device, hint='python distill.py', kind='teacher')[1]['config']
@@ -83,7 +83,8 @@ else:
     prompt_len, gen_len, block_size = c['prompt_len'], c['gen_len'], metas['student']['block_size']
     for name in ('teacher', 'ar'):
         if metas[name]['model_args'] != metas['student']['model_args']:
-            cdlm.fail(f'{path[name]} has shape {metas[name]["model_args"]}, the student {metas["student"]["model_args"]}')
+            cdlm.fail(f'{path[name]} has shape {metas[name]["model_args"]}, '
+                      f'the student {metas["student"]["model_args"]}')
 
 # --compile times compiled teacher and student (the AR model stays eager: see cdlm.compile_decoder); the accuracy
 # table and the pass counts use the eager models, and the sweep checks that the timed models decode the same tokens
@@ -92,7 +93,7 @@ test = cdlm.tasks.build_splits()['test']
 if quick:
     test = cdlm.tasks.per_family(test, 64)
 timed = cdlm.tasks.of_family(test, 'math')[:timed_problems]
-batch_sizes = [min(int(b), len(timed)) for b in batches.split(',')]
+batch_sizes = sorted({1} | {min(int(b), len(timed)) for b in batches.split(',')})
 
 
 def decode(name, attn, rule, problems, batch_size=100, compiled=False):
@@ -151,7 +152,8 @@ def count_passes(model_name, attn, rule, batch_size):
 
 
 # FLOPs and bytes of one pass from the shapes: 2 FLOPs per weight per token in the matmuls plus QK^T and AV; bytes =
-# the weights once plus every row's keys and values (bf16 on CUDA under autocast, else fp32)
+# the weights once plus every row's keys and values (bf16 on CUDA under autocast, else fp32). Activations and logits
+# are not counted, so at large batches the FLOP/byte is an upper bound.
 L, d, V = (models['student'].args[k] for k in ('n_layer', 'd_model', 'vocab_size'))
 n_matmul = L * 12 * d ** 2 + d * (V - 1)  # the weights used in matmuls
 bytes_w = 2 if device.startswith('cuda') else 4
@@ -165,11 +167,12 @@ def flops_bytes(passes):
 
 
 def measure_peak():
-    """(FLOP/s, bytes/s): the best of 5 timings of a large matmul and of a large copy, in decoding's dtype."""
+    """(FLOP/s, bytes/s): the best of 5 timings of a large matmul and of a large copy into a buffer allocated once
+    (a fresh one would time page faults too), in decoding's dtype."""
     n, dtype = (8192, torch.bfloat16) if device.startswith('cuda') else (2048, torch.float32)
-    x, big = torch.randn(n, n, device=device, dtype=dtype), torch.empty(2 ** 26, device=device, dtype=dtype)
-    best = []
-    for fn in (lambda: x @ x, lambda: big.clone()):
+    x, big = torch.randn(n, n, device=device, dtype=dtype), torch.ones(2 ** 26, device=device, dtype=dtype)
+    dst, best = torch.zeros_like(big), []
+    for fn in (lambda: x @ x, lambda: dst.copy_(big)):
         times = []
         for _ in range(6):  # the first call warms up
             cdlm.synchronize(device)
@@ -213,13 +216,12 @@ for (name, b), s in shape.items():
                                                                    if q in timed]))
 by = {(r['row'], r['batch']): r for r in sweep}
 for name, r in rows.items():  # batch 1: the latency of one request
-    r['latency_s'] = by[name, batch_sizes[0]]['seconds'] / len(timed)
-    r['tokens_per_s'] = by[name, batch_sizes[0]]['tokens_per_s']
+    r['latency_s'] = by[name, 1]['seconds'] / len(timed)
+    r['tokens_per_s'] = by[name, 1]['tokens_per_s']
 for r in rows.values():
     r['speedup'] = rows['teacher, 1 token/step']['latency_s'] / r['latency_s']
 
-print(f'\n| decoding | math acc | code acc | math NFE | tokens/step | latency (batch {batch_sizes[0]}) | tokens/s | '
-      'speed-up | match |')
+print('\n| decoding | math acc | code acc | math NFE | tokens/step | latency (batch 1) | tokens/s | speed-up | match |')
 print('|---|---|---|---|---|---|---|---|---|')
 for name, r in rows.items():
     shown = name_shown if name == 'teacher, truncated' else name

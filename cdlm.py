@@ -116,7 +116,7 @@ def _coerce(key, val, default):
 
 
 RELATIONS = [  # (keys, holds(*values), what is wrong): checked wherever a script has all the keys
-    (('gen_len', 'block_size'), lambda g, b: b == 0 or g % b == 0,
+    (('gen_len', 'block_size'), lambda g, b: g % b == 0,
      'gen_len={gen_len} is not a multiple of block_size={block_size}'),
     (('d_model', 'n_head'), lambda d, h: d % (2 * h) == 0,
      'd_model={d_model} does not split into n_head={n_head} heads of even width (rotary turns each half of a head)'),
@@ -143,8 +143,8 @@ def check_config(config, rules, here='.'):
 def _breaks(rule, val, here):
     """What is wrong with `val` under `rule` (see check_config), or '' when nothing is."""
     if rule in ('>0', '>=0') or '..' in rule:
-        if not isinstance(val, (int, float)) or isinstance(val, bool):
-            return 'expected a number'
+        if not isinstance(val, (int, float)) or isinstance(val, bool) or not math.isfinite(val):
+            return 'expected a finite number'
         lo, hi = map(float, rule.split('..')) if '..' in rule else (0.0, math.inf)
         if lo <= val <= hi and not (rule == '>0' and val == 0):
             return ''
@@ -158,11 +158,13 @@ def _breaks(rule, val, here):
         return '' if ok else ('expected comma-separated integers > 0, like 1,2,4' if cast is int else
                               'expected comma-separated numbers >= 0, like 0,0.5')
     if rule == 'device':
-        kind = str(val).split(':')[0]
-        if val != 'auto' and kind not in ('cpu', 'cuda', 'mps'):
-            return "use 'auto', 'cpu', 'cuda' or 'mps'"
-        if kind == 'cuda' and not torch.cuda.is_available() or kind == 'mps' and not torch.backends.mps.is_available():
-            return f'no {kind} device on this machine; use --device=auto'
+        kind, _, index = str(val).partition(':')
+        if val not in ('auto', 'cpu', 'mps') and not (kind == 'cuda' and (index == '' or index.isdigit())):
+            return "use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+        if kind == 'cuda' and not (torch.cuda.is_available() and int(index or 0) < torch.cuda.device_count()):
+            return f'no such CUDA device on this machine ({torch.cuda.device_count()} found); use --device=auto'
+        if kind == 'mps' and not torch.backends.mps.is_available():
+            return 'no mps device on this machine; use --device=auto'
         return ''
     if rule in ('folder', 'file'):
         path = os.path.join(here, str(val))
@@ -601,10 +603,12 @@ def generate(model, prompt, gen_len, block_size, attn='bidirectional', use_cache
 
 
 def compile_decoder(model, device, backend='inductor'):
-    """torch.compile a model for decoding, with one graph per distinct pass shape (dynamic=False): a cached student
-    has a few per batch size (the first block with the prompt, a block alone, a block with the one finished before
-    it), the teacher one. On CUDA, mode='reduce-overhead' adds CUDA graphs, so a batch-1 pass is not launch-bound.
-    NOTE: an AR model has one shape per generated token (its cache grows by one): compile it and most passes stay eager."""
+    """torch.compile a model for decoding, with one graph per distinct pass (dynamic=False): the teacher has one per
+    batch size; a cached student two per block, since the cache's length is part of the graph (a pass that writes the
+    finished block, and the passes on the block alone), so 6 per batch size at the default lengths. On CUDA,
+    mode='reduce-overhead' adds CUDA graphs, so that a batch-1 pass is not launch-bound (untested here: no GPU; the
+    cache is written in place, which may make torch skip the graphs). NOTE: an AR model has one shape per generated
+    token (its cache grows by one): compiled, most of its passes would stay eager."""
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     return torch.compile(model, dynamic=False, backend=backend,
                          mode='reduce-overhead' if device.startswith('cuda') and backend == 'inductor' else None)
@@ -799,6 +803,9 @@ def save_atomic(obj, path):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + '.', suffix='.tmp')
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private (0600); give it a plain file's permissions
     try:
         with os.fdopen(fd, 'wb') as fh:
             torch.save(obj, fh)
@@ -819,11 +826,14 @@ def load_torch(path):
 
 
 def load_checkpoint(path, device='cpu', hint='python train_teacher.py', kind=None):
-    """(model, ckpt). Stops with one line naming the file and the fix when it is missing, damaged, not a checkpoint,
-    made with another tokenizer, of another `kind` (a string, or a tuple of the kinds accepted) or of the wrong shape."""
+    """(model, ckpt). Stops with one line naming the file and the fix when it is missing, damaged, not a
+    checkpoint, made with another tokenizer, of another `kind` (a string, or a tuple of the kinds accepted) or of the
+    wrong shape."""
     ckpt, why = load_torch(path)
     if why == 'missing':
         fail(f'no checkpoint at {path}; create it with `{hint}`')
+    if os.path.isdir(path):
+        fail(f'{path} is a folder; give the path of a checkpoint file in it')
     if not why and not (isinstance(ckpt, dict) and {'kind', 'model', 'model_args', 'config', 'iter_num'} <= set(ckpt)):
         why = 'not a cdlm checkpoint'
     if why:

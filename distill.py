@@ -86,10 +86,10 @@ if teacher.args['seq_len'] != prompt_len + gen_len:
     cdlm.fail(f'{teacher_path} was trained for prompt_len + gen_len = {teacher.args["seq_len"]}, this config asks '
               f'for {prompt_len} + {gen_len}; pass the teacher\'s --prompt_len/--gen_len or retrain it')
 if init_from == 'resume':  # the student to continue, checked now so that a bad file costs no trajectory work
-    student, meta = cdlm.load_checkpoint(student_path, device, hint='python distill.py', kind='student')
-    if (meta['config']['prompt_len'], meta['block_size']) != (prompt_len, block_size):
-        cdlm.fail(f'{student_path} was distilled with prompt_len={meta["config"]["prompt_len"]}, '
-                  f'block_size={meta["block_size"]}; this config asks for {prompt_len}, {block_size}')
+    student, student_meta = cdlm.load_checkpoint(student_path, device, hint='python distill.py', kind='student')
+    if (student_meta['config']['prompt_len'], student_meta['block_size']) != (prompt_len, block_size):
+        cdlm.fail(f'{student_path} was distilled with prompt_len={student_meta["config"]["prompt_len"]}, '
+                  f'block_size={student_meta["block_size"]}; this config asks for {prompt_len}, {block_size}')
 teacher_id = cdlm.fingerprint(teacher)
 print(f'teacher: {teacher_path} (iter {teacher_meta["iter_num"]}, fingerprint {teacher_id})')
 
@@ -99,8 +99,8 @@ want = dict(teacher=teacher_id, prompt_len=prompt_len, gen_len=gen_len, block_si
             topk=topk, count=n_traj)
 traj, why = cdlm.load_torch(traj_path)  # reused only when this teacher made it with these settings
 if traj is not None:
-    meta = traj.get('meta', {}) if isinstance(traj, dict) else {}
-    if diff := {k: (meta.get(k), v) for k, v in want.items() if meta.get(k) != v}:
+    stored = traj.get('meta', {}) if isinstance(traj, dict) else {}
+    if diff := {k: (stored.get(k), v) for k, v in want.items() if stored.get(k) != v}:
         why = f'does not match this run (stored, wanted: {diff})'
     elif not all(torch.is_tensor(traj.get(k)) and len(traj[k]) == n_traj for k in ('x', 'step_of', 'top_idx',
                                                                                       'top_logp', 'gt')):
@@ -133,14 +133,14 @@ else:
 # 2. the student: the teacher's weights under the block-causal mask
 iter_num = 0
 if init_from == 'resume':
-    iter_num = meta['iter_num']
+    iter_num = student_meta['iter_num']
     gen.manual_seed(seed + iter_num)  # new batches and states after a resume, not a replay of the first ones
     print(f'resuming the student from {student_path} at iter {iter_num}')
 else:
     student, _ = cdlm.load_checkpoint(teacher_path, device)
 optimizer = torch.optim.AdamW(student.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
-if init_from == 'resume' and meta['optimizer']:
-    optimizer.load_state_dict(meta['optimizer'])
+if init_from == 'resume' and student_meta['optimizer']:
+    optimizer.load_state_dict(student_meta['optimizer'])
 _, val_problems = cdlm.load_split('val', prompt_len, gen_len)
 eval_set = cdlm.tasks.per_family(val_problems, eval_problems)
 

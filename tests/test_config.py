@@ -34,14 +34,14 @@ def test_configure_rejects_bad_input(argv, message):
 
 @pytest.mark.parametrize('rule,good,bad,message', [
     ('>0', [1, 0.5], [0, -1], 'must be > 0'),
-    ('>0', [], [None, True, 'x'], 'expected a number'),
+    ('>0', [], [None, True, 'x', float('inf'), float('nan')], 'expected a finite number'),
     ('>=0', [0, 2.5], [-1, -1e-9], 'must be >= 0'),
-    ('0..1', [0, 0.9, 1], [1.01, -0.1, float('nan')], 'must be in 0..1'),
+    ('0..1', [0, 0.9, 1], [1.01, -0.1], 'must be in 0..1'),
     ('1..257', [1, 257], [0, 258], 'must be in 1..257'),
     ('ints>0', ['1', '1,2,4'], ['a', '1,0', '1.5', ''], 'comma-separated integers > 0'),
     ('floats>=0', ['0', '0,0.5'], ['abc', '0,-1'], 'comma-separated numbers >= 0'),
     ('scratch|resume', ['scratch', 'resume'], ['fresh', ''], "use 'scratch' or 'resume'"),
-    ('device', ['auto', 'cpu'], ['gpu', 'tpu:0'], "use 'auto', 'cpu', 'cuda' or 'mps'"),
+    ('device', ['auto', 'cpu'], ['gpu', 'tpu:0', 'cpu:0', 'cuda:x'], "use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
 ])
 def test_check_config_rules(rule, good, bad, message):
     for val in good:
@@ -54,7 +54,8 @@ def test_check_config_rules(rule, good, bad, message):
 
 def test_check_config_paths_and_relations(tmp_path):
     (tmp_path / 'afile').write_text('x')
-    cdlm.check_config({'out_dir': 'new/sub', 'json': 'new/b.json'}, {'folder': 'out_dir', 'file': 'json'}, str(tmp_path))
+    cdlm.check_config({'out_dir': 'new/sub', 'json': 'new/b.json'}, {'folder': 'out_dir', 'file': 'json'},
+                      str(tmp_path))
     for rules, message in [({'folder': 'out_dir'}, 'is a file, not a folder'), ({'file': 'json'}, 'not a folder')]:
         with pytest.raises(SystemExit, match=message):
             cdlm.check_config({'out_dir': 'afile', 'json': 'afile/b.json'}, rules, str(tmp_path))
@@ -62,7 +63,6 @@ def test_check_config_paths_and_relations(tmp_path):
         cdlm.check_config({'json': '.'}, {'file': 'json'}, str(tmp_path))
     ok = dict(gen_len=48, block_size=16, d_model=128, n_head=4, lr=1e-3, min_lr=1e-4, w_distill=0, w_cons=0, w_dlm=1)
     cdlm.check_config(ok, {})
-    cdlm.check_config(dict(gen_len=48, block_size=0), {})  # sample.py: 0 = the checkpoint's block size
     for change, message in [(dict(block_size=10), 'not a multiple of block_size=10'),
                             (dict(n_head=3), 'heads of even width'), (dict(d_model=132), 'heads of even width'),
                             (dict(min_lr=1e-2), 'above lr'), (dict(w_dlm=0), 'every loss weight is 0')]:
@@ -119,6 +119,9 @@ def test_checkpoint_round_trip_and_errors(tmp_path, tiny_model):
     opt = torch.optim.AdamW(tiny_model.parameters())
     cdlm.save_checkpoint(path, tiny_model, 'teacher', {'block_size': 4}, 7, {'acc': torch.tensor(0.5)}, opt)
     assert glob.glob(str(tmp_path / 'sub' / '*.tmp')) == []  # the temporary file was renamed into place
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # a plain file's permissions, not mkstemp's 0600
     raw = torch.load(path, weights_only=True)  # a plain dict: no pickled classes
     assert raw['kind'] == 'teacher' and raw['metrics'] == {'acc': 0.5} and raw['block_size'] == 4
     model, ckpt = cdlm.load_checkpoint(path)
@@ -178,7 +181,8 @@ def test_checkpoint_writes_survive_kill_and_a_second_writer(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     writer = (f'import sys; sys.path.insert(0, {root!r}); import cdlm\n'
               'model = cdlm.Transformer(seq_len=32, n_layer=2, n_head=2, d_model=64)\n'
-              f'for i in range(10 ** 9): cdlm.save_checkpoint({path!r}, model, "teacher", dict(block_size=4), i, {{}})\n')
+              f'for i in range(10 ** 9):\n'
+              f'    cdlm.save_checkpoint({path!r}, model, "teacher", dict(block_size=4), i, {{}})\n')
     procs = [subprocess.Popen([sys.executable, '-c', writer]) for _ in range(2)]
     try:
         for _ in range(600):  # wait for the first file, up to a minute

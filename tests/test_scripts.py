@@ -55,7 +55,11 @@ def test_distill_end_to_end(teacher_dir):
     traj = teacher_dir / 'trajectories.pt'
     traj.write_bytes(traj.read_bytes()[:1000])  # a copy cut short
     res = run('distill.py', *args, '--topk=4', '--max_iters=1')
-    assert 'trajectories.pt: unreadable' in res.stdout and 'rebuilding it' in res.stdout and 'saved 16 trajectories' in res.stdout
+    assert 'trajectories.pt: unreadable' in res.stdout and 'rebuilding it' in res.stdout
+    assert 'saved 16 trajectories' in res.stdout
+    res = run('distill.py', *args, '--topk=4', '--max_iters=2', '--init_from=resume')  # one more step, as after Ctrl-C
+    assert 'resuming the student' in res.stdout and torch.load(teacher_dir / 'student.pt', weights_only=True)[
+        'iter_num'] == 2
 
 
 def test_distill_finishes_an_interrupted_teacher(teacher_dir, tmp_path):
