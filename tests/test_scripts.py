@@ -107,7 +107,7 @@ def test_help_lists_defaults():
 def test_bench_quick_reports_every_row_and_column(tmp_path):
     import json
     run('bench.py', '--quick', f'--json={tmp_path}/bench.json', '--threads=1', '--batches=1,4', '--timed_problems=8',
-        '--scaling=1,2')
+        '--repeats=1', '--scaling=1,2')
     res = json.loads((tmp_path / 'bench.json').read_text())
     assert len(res['rows']) == 6 and len(res['sweep']) == 12 and len(res['cache_scaling']) == 2
     for name, row in res['rows'].items():
