@@ -53,7 +53,7 @@ threads = 0  # torch CPU threads, 0 = one per core
 seed = 1337
 config = cdlm.configure(globals(), doc=__doc__, rules={  # --key=value overrides, checked before any work; --help
     '>0': 'timed_problems repeats', '>=0': 'threads seed', '0..1': 'threshold', 'ints>0': 'batches scaling',
-    'folder': 'out_dir', 'file': 'json', 'device': 'device'})
+    'folder': 'out_dir', 'file': 'json', 'name': 'teacher_ckpt student_ckpt ar_ckpt', 'device': 'device'})
 # -----------------------------------------------------------------------------
 
 torch.manual_seed(seed)

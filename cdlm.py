@@ -129,7 +129,7 @@ def check_config(config, rules, here='.'):
     """Stop with one line naming the key, the value and what is valid, at the first setting that breaks its rule.
     `rules` maps a rule to the keys it covers, as one string: '>0', '>=0', 'lo..hi' (inclusive), 'a|b' (one of these
     words), 'ints>0' and 'floats>=0' (comma-separated lists), 'device', 'folder' (can be written; relative paths start
-    at `here`) and 'file' (its folder can be written). Then the RELATIONS between keys must hold. For example
+    at `here`), 'file' (its folder can be written) and 'name' (a file name). Then the RELATIONS between keys must hold. For example
     check_config({'topk': 0}, {'1..257': 'topk'}) stops with `error: --topk=0: must be in 1..257`."""
     for rule, keys in rules.items():
         for key in keys.split():
@@ -166,6 +166,8 @@ def _breaks(rule, val, here):
         if kind == 'mps' and not torch.backends.mps.is_available():
             return 'no mps device on this machine; use --device=auto'
         return ''
+    if rule == 'name':  # a checkpoint's or a trajectory file's name inside out_dir
+        return '' if str(val).strip() and not str(val).endswith(('/', os.sep)) else 'expected a file name'
     if rule in ('folder', 'file'):
         path = os.path.join(here, str(val))
         if rule == 'file':

@@ -64,7 +64,7 @@ config = cdlm.configure(globals(), doc=__doc__, rules={  # --key=value overrides
           'test_problems latency_problems',
     '>=0': 'w_distill w_cons w_dlm min_lr warmup_iters grad_clip threads seed', '0..1': 'threshold',
     f'1..{cdlm.VOCAB_SIZE - 1}': 'topk', 'floats>=0': 'temperatures', 'teacher|resume': 'init_from',
-    'folder': 'out_dir', 'device': 'device'})
+    'folder': 'out_dir', 'name': 'teacher_ckpt student_ckpt traj_file', 'device': 'device'})
 # -----------------------------------------------------------------------------
 
 torch.manual_seed(seed)

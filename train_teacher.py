@@ -56,7 +56,7 @@ config = cdlm.configure(globals(), doc=__doc__, rules={  # --key=value overrides
     '>0': 'eval_problems prompt_len gen_len block_size code_weight n_layer n_head d_model batch_size max_iters lr',
     '>=0': 'eval_interval final_report min_lr warmup_iters weight_decay grad_clip threads seed',
     'scratch|resume': 'init_from', 'mdm|ar': 'objective', 'mean|elbo': 'loss_weight', 'folder': 'out_dir',
-    'device': 'device'})
+    'name': 'ckpt_name', 'device': 'device'})
 # -----------------------------------------------------------------------------
 
 torch.manual_seed(seed)

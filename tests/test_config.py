@@ -41,6 +41,7 @@ def test_configure_rejects_bad_input(argv, message):
     ('ints>0', ['1', '1,2,4'], ['a', '1,0', '1.5', ''], 'comma-separated integers > 0'),
     ('floats>=0', ['0', '0,0.5'], ['abc', '0,-1'], 'comma-separated numbers >= 0'),
     ('scratch|resume', ['scratch', 'resume'], ['fresh', ''], "use 'scratch' or 'resume'"),
+    ('name', ['teacher.pt', 'runs/a.pt'], ['', ' ', 'sub/'], 'expected a file name'),
     ('device', ['auto', 'cpu'], ['gpu', 'tpu:0', 'cpu:0', 'cuda:x'], "use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
 ])
 def test_check_config_rules(rule, good, bad, message):
