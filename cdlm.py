@@ -41,9 +41,7 @@ def train_or_finish(ckpt_path, script, args, what):
     """Make sure `ckpt_path` holds a finished run: train it with `script` (another of the scripts, given `args`) when
     it is missing, or resume that script when the checkpoint stopped short of its max_iters (an interrupted run).
     On Ctrl-C, which reaches the child too, wait while it saves its checkpoint, then exit with status 130."""
-    stored, why = load_torch(ckpt_path)
-    if stored is not None and not (isinstance(stored, dict) and {'iter_num', 'config'} <= set(stored)):
-        why = 'not a cdlm checkpoint'
+    stored, why = load_torch(ckpt_path, keys=('iter_num', 'config'))
     if why not in ('', 'missing'):
         fail(f'{ckpt_path} is {why}; delete it and rerun to train the {what} again')
     if stored is not None and stored['iter_num'] >= stored['config']['max_iters']:
@@ -129,8 +127,8 @@ def check_config(config, rules, here='.'):
     """Stop with one line naming the key, the value and what is valid, at the first setting that breaks its rule.
     `rules` maps a rule to the keys it covers, as one string: '>0', '>=0', 'lo..hi' (inclusive), 'a|b' (one of these
     words), 'ints>0' and 'floats>=0' (comma-separated lists), 'device', 'folder' (can be written; relative paths start
-    at `here`), 'file' (its folder can be written) and 'name' (a file name). Then the RELATIONS between keys must hold. For example
-    check_config({'topk': 0}, {'1..257': 'topk'}) stops with `error: --topk=0: must be in 1..257`."""
+    at `here`), 'file' (its folder can be written) and 'name' (a file name). Then the RELATIONS between keys must
+    hold. For example check_config({'topk': 0}, {'1..257': 'topk'}) stops with `error: --topk=0: must be in 1..257`."""
     for rule, keys in rules.items():
         for key in keys.split():
             if why := _breaks(rule, config[key], here):
@@ -817,27 +815,29 @@ def save_atomic(obj, path):
             os.remove(tmp)
 
 
-def load_torch(path):
-    """(obj, '') for a torch file written by this project, or (None, why) when it is missing or cannot be read."""
+def load_torch(path, keys=()):
+    """(obj, '') for a torch file written by this project, or (None, why) when it is missing, cannot be read, or is
+    not a dict holding every one of `keys`."""
     if not os.path.exists(path):
         return None, 'missing'
     try:
-        return torch.load(path, map_location='cpu', weights_only=True), ''
+        obj = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # NOTE: cut short, not a torch file, pickled classes: torch raises many kinds of errors
         return None, f'unreadable ({type(e).__name__}: {(str(e).strip().splitlines() or [""])[0][:80]})'
+    if keys and not (isinstance(obj, dict) and set(keys) <= set(obj)):
+        return None, 'not a cdlm checkpoint'
+    return obj, ''
 
 
 def load_checkpoint(path, device='cpu', hint='python train_teacher.py', kind=None):
     """(model, ckpt). Stops with one line naming the file and the fix when it is missing, damaged, not a
     checkpoint, made with another tokenizer, of another `kind` (a string, or a tuple of the kinds accepted) or of the
     wrong shape."""
-    ckpt, why = load_torch(path)
-    if why == 'missing':
-        fail(f'no checkpoint at {path}; create it with `{hint}`')
     if os.path.isdir(path):
         fail(f'{path} is a folder; give the path of a checkpoint file in it')
-    if not why and not (isinstance(ckpt, dict) and {'kind', 'model', 'model_args', 'config', 'iter_num'} <= set(ckpt)):
-        why = 'not a cdlm checkpoint'
+    ckpt, why = load_torch(path, keys=('kind', 'model', 'model_args', 'config', 'iter_num'))
+    if why == 'missing':
+        fail(f'no checkpoint at {path}; create it with `{hint}`')
     if why:
         fail(f'{path} is {why}; delete it and create it again with `{hint}`')
     if (ckpt.get('tokenizer'), ckpt.get('mask_id')) != (TOKENIZER, MASK_ID):
