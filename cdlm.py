@@ -60,13 +60,10 @@ def train_or_finish(ckpt_path, script, args, what):
 
 
 def configure(scope, argv=None, doc='', rules=None):
-    """Apply `--key=value` overrides to the config in `scope` (a script's globals(), or any dict) and return the config.
-
-    The config is every entry whose name has no leading underscore and whose value is an int, float, bool, str or None.
-    Values are coerced to the type of the default (int -> float is fine, `None` is allowed for any key, a bare
-    `--flag` sets a boolean); an unknown key or a value of the wrong type stops with a one-line error; `--help` prints
-    the defaults. `scope` is updated in place, so a script's globals take the new values. Then every value is checked
-    against `rules` (see check_config), so a bad setting stops the script before any work starts.
+    """Apply `--key=value` overrides to the config in `scope` (a script's globals(): every public int, float, bool,
+    str or None) in place, check it against `rules` (check_config) and return it. Values take the default's type (int
+    -> float is fine, `None` is allowed, a bare `--flag` sets a boolean); an unknown key or a wrong type stops with a
+    one-line error; `--help` prints the defaults.
     >>> configure({'lr': 1e-3, 'compile': False}, ['--lr=3e-4', '--compile'])
     {'lr': 0.0003, 'compile': True}
     """
@@ -124,11 +121,11 @@ RELATIONS = [  # (keys, holds(*values), what is wrong): checked wherever a scrip
 
 
 def check_config(config, rules, here='.'):
-    """Stop with one line naming the key, the value and what is valid, at the first setting that breaks its rule.
-    `rules` maps a rule to the keys it covers, as one string: '>0', '>=0', 'lo..hi' (inclusive), 'a|b' (one of these
-    words), 'ints>0' and 'floats>=0' (comma-separated lists), 'device', 'folder' (can be written; relative paths start
-    at `here`), 'file' (its folder can be written) and 'name' (a file name). Then the RELATIONS between keys must
-    hold. For example check_config({'topk': 0}, {'1..257': 'topk'}) stops with `error: --topk=0: must be in 1..257`."""
+    """Stop with one line naming the key, its value and what is valid, at the first setting that breaks its rule, then
+    at the first broken RELATION. `rules` maps a rule to the keys it covers, as one string: '>0', '>=0', 'lo..hi'
+    (inclusive), 'a|b' (one of these words), 'ints>0' and 'floats>=0' (comma-separated lists), 'device', 'folder' (can
+    be written; relative to `here`), 'file' (its folder can be written) and 'name' (a file name).
+    >>> check_config({'topk': 0}, {'1..257': 'topk'})  # SystemExit: error: --topk=0: must be in 1..257"""
     for rule, keys in rules.items():
         for key in keys.split():
             if why := _breaks(rule, config[key], here):
@@ -197,10 +194,8 @@ def cpu_has_bf16():
 
 
 def autocast(device, cpu_bf16=False):
-    """bf16 autocast on CUDA. On a CPU only when asked (cpu_bf16=True: the scripts' --bf16, for training) and only
-    where cpu_has_bf16(); else fp32.
-    NOTE: measured on a 2-core Zen 4 (AVX512-BF16): a teacher training step takes 70 ms in bf16 against 125 in fp32.
-    Decoding on a CPU stays fp32: a batch-1 step there costs per-call overhead, not arithmetic."""
+    """bf16 autocast on CUDA. On a CPU only when asked (the scripts' --bf16, for training: 1.25-1.8x faster steps) and
+    where cpu_has_bf16(); else fp32. Decoding on a CPU stays fp32: a batch-1 pass there is overhead, not arithmetic."""
     if device.startswith('cuda'):
         return torch.autocast('cuda', dtype=torch.bfloat16)
     if cpu_bf16 and device == 'cpu' and cpu_has_bf16():
@@ -353,9 +348,8 @@ def apply_rope(x, cos, sin):
 
 def attend(q, k, v, attn_mask=None):
     """softmax(q k^T / sqrt(head_dim)) v for (B, H, T, head_dim) tensors; attn_mask (T, S) bool, True = may attend.
-    PyTorch's fused kernel, except under bf16 autocast on a CPU, where the three plain steps below run instead.
-    NOTE: measured with torch 2.13 on a 2-core Zen 4: the fused CPU kernel's backward takes 16 ms per layer in bf16
-    against 4.4 in fp32 (batch 32, 72 tokens), which cancelled all of bf16's gain; the plain form is not slower."""
+    PyTorch's fused kernel, except under bf16 autocast on a CPU: there its backward is 4x slower than in fp32 (torch
+    2.13), which cancelled all of bf16's gain, so the three plain steps below run instead."""
     if not (q.device.type == 'cpu' and torch.is_autocast_enabled('cpu')):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
     scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
@@ -426,6 +420,35 @@ def cosine_lr(it, lr, min_lr, warmup_iters, max_iters):
         return lr * (it + 1) / warmup_iters
     progress = min(1.0, (it - warmup_iters) / max(1, max_iters - warmup_iters))
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def train_loop(step, iter_num, max_iters, eval_interval, evaluate, save, device, log_interval=50):
+    """The loop of both training scripts around `step(iter_num)`, which makes one update and returns a dict of
+    numbers to log (read every log_interval steps only, so a GPU is not waited for at each step). Every eval_interval
+    steps and at the last one: metrics = evaluate(), then save(iter_num, metrics). Ctrl-C saves and exits with
+    status 130. Returns the last metrics."""
+    metrics, t0, t_start = {}, time.time(), time.time()
+    try:
+        while iter_num < max_iters:
+            logs = step(iter_num)  # {name: number or 0-dim tensor}
+            iter_num += 1
+            if iter_num % log_interval == 0:
+                synchronize(device)
+                dt, t0 = (time.time() - t0) / log_interval, time.time()
+                print(f'iter {iter_num}: ' + ', '.join(f'{k} {v:.4g}' for k, v in logs.items())
+                      + f', {dt * 1000:.0f}ms/iter')
+            if iter_num % eval_interval == 0 or iter_num == max_iters:
+                metrics = evaluate()
+                print(f'eval {iter_num}: ' + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items())
+                      + f', {(time.time() - t_start) / 60:.1f} min')
+                save(iter_num, metrics)
+                t0 = time.time()
+    except KeyboardInterrupt:
+        print(f'\ninterrupted at iter {iter_num}')
+        save(iter_num, metrics)
+        sys.exit(130)
+    print(f'done: {iter_num} iters in {(time.time() - t_start) / 60:.1f} min')
+    return metrics
 
 
 def optimizer_step(model, optimizer, loss, lr, grad_clip):
@@ -603,12 +626,10 @@ def generate(model, prompt, gen_len, block_size, attn='bidirectional', use_cache
 
 
 def compile_decoder(model, device, backend='inductor'):
-    """torch.compile a model for decoding, with one graph per distinct pass (dynamic=False): the teacher has one per
-    batch size; a cached student two per block, since the cache's length is part of the graph (a pass that writes the
-    finished block, and the passes on the block alone), so 6 per batch size at the default lengths. On CUDA,
-    mode='reduce-overhead' adds CUDA graphs, so that a batch-1 pass is not launch-bound (untested here: no GPU; the
-    cache is written in place, which may make torch skip the graphs). NOTE: an AR model has one shape per generated
-    token (its cache grows by one): compiled, most of its passes would stay eager."""
+    """torch.compile a model for decoding, one graph per distinct pass (dynamic=False): one per batch size for the
+    teacher, two per block for a cached student (the cache's length is part of the graph). On CUDA, CUDA graphs
+    (mode='reduce-overhead') keep a batch-1 pass from being launch-bound; never run here (no GPU was lent).
+    NOTE: not for an AR model: its cache grows by one token per pass, one shape each."""
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     return torch.compile(model, dynamic=False, backend=backend,
                          mode='reduce-overhead' if device.startswith('cuda') and backend == 'inductor' else None)
@@ -704,8 +725,7 @@ def cdlm_losses(model, batch, prompt_len, block_size, w_cons=0.5, w_dlm=0.1, gen
     reading keeps "within-block temporal consistency": the student's guess from less context must match its own guess
     from more context. The same-block choice also matches what the student sees at inference.
     NOTE (open too): the DLM term keeps blocks before b clean and masks only block b, as at inference.
-    The caller weighs the three terms; a consistency or DLM term whose weight is 0 is not computed (its forward
-    pass is skipped) and reported as 0.
+    The caller weighs the terms; one whose weight is 0 is reported as 0 and its forward pass skipped.
     """
     x, step_of, gt = batch['x'], batch['step_of'].long(), batch['gt']
     N, T = x.shape
@@ -738,10 +758,9 @@ def cdlm_losses(model, batch, prompt_len, block_size, w_cons=0.5, w_dlm=0.1, gen
 
 
 def evaluate(model, problems, prompt_len, gen_len, block_size, attn, device, batch_size=100, **decode_kw):
-    """Decode problems (prompt, response, family) and score them with the strict checker (data/tasks.py).
-    attn 'causal' decodes an autoregressive model with generate_ar, anything else uses generate.
-    Returns per-problem lists: strict, answer_only, nfe, and the response texts, plus `seconds`: the wall-clock
-    of the decoding calls alone (no tokenizing or scoring), so batch_size=1 gives the latency of one request."""
+    """Decode problems (prompt, response, family) with generate (generate_ar for attn='causal') and score them with
+    the strict checker (data/tasks.py). Returns per-problem lists strict, answer, nfe, text, and `seconds`: the
+    decoding calls alone (no tokenizing or scoring), so batch_size=1 gives the latency of one request."""
     enc = get_tokenizer()
     out = dict(strict=[], answer=[], nfe=[], text=[], seconds=0.0)
     for i in range(0, len(problems), batch_size):
@@ -758,11 +777,8 @@ def evaluate(model, problems, prompt_len, gen_len, block_size, attn, device, bat
         out['seconds'] += time.perf_counter() - t0
         for (p, _, _), row, n in zip(chunk, res['x'][:, prompt_len:], res['nfe'].tolist()):
             text = decode_response(enc, row)
-            strict, answer = tasks.check(p, text)
-            out['strict'].append(strict)
-            out['answer'].append(answer)
-            out['nfe'].append(n)
-            out['text'].append(text)
+            for key, val in zip(('strict', 'answer', 'nfe', 'text'), (*tasks.check(p, text), n, text)):
+                out[key].append(val)
     return out
 
 
@@ -816,8 +832,7 @@ def save_atomic(obj, path):
 
 
 def load_torch(path, keys=()):
-    """(obj, '') for a torch file written by this project, or (None, why) when it is missing, cannot be read, or is
-    not a dict holding every one of `keys`."""
+    """(obj, '') for a torch file of this project, or (None, why): missing, unreadable, or not a dict with `keys`."""
     if not os.path.exists(path):
         return None, 'missing'
     try:
@@ -830,9 +845,8 @@ def load_torch(path, keys=()):
 
 
 def load_checkpoint(path, device='cpu', hint='python train_teacher.py', kind=None):
-    """(model, ckpt). Stops with one line naming the file and the fix when it is missing, damaged, not a
-    checkpoint, made with another tokenizer, of another `kind` (a string, or a tuple of the kinds accepted) or of the
-    wrong shape."""
+    """(model, ckpt). Stops with one line naming the file and the fix when it is missing, damaged, not a checkpoint,
+    made with another tokenizer, of another `kind` (a string or a tuple of them) or of the wrong shape."""
     if os.path.isdir(path):
         fail(f'{path} is a folder; give the path of a checkpoint file in it')
     ckpt, why = load_torch(path, keys=('kind', 'model', 'model_args', 'config', 'iter_num'))

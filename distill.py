@@ -12,7 +12,6 @@ Steps (Kim et al., arXiv 2511.19269):
 Relative paths are taken from this file's folder. Ctrl-C saves the student before exiting.
 """
 import os
-import sys
 import time
 
 import torch
@@ -67,6 +66,7 @@ config = cdlm.configure(globals(), doc=__doc__, rules={  # --key=value overrides
     'folder': 'out_dir', 'name': 'teacher_ckpt student_ckpt traj_file', 'device': 'device'})
 # -----------------------------------------------------------------------------
 
+t_start = time.time()
 torch.manual_seed(seed)
 torch.set_num_threads(threads or os.cpu_count())
 device = cdlm.pick_device(device)
@@ -156,38 +156,25 @@ def evaluate():
     return dict(acc_math=f['math']['acc'], acc_code=f['code']['acc'], nfe_math=f['math']['nfe'])
 
 
-def save(metrics):
+def save(iter_num, metrics):
     cdlm.save_checkpoint(student_path, student, 'student', config, iter_num, metrics, optimizer)
     print(f'saved {student_path}')
 
 
-metrics, t0, t_start = {}, time.time(), time.time()
+def step(iter_num):
+    """One optimizer step on a batch of trajectories; returns the losses to log."""
+    idx = torch.randint(len(traj['x']), (batch_size,), generator=gen, device=device)
+    batch = {k: v[idx] for k, v in traj.items() if k != 'meta'}
+    with cdlm.autocast(device, cpu_bf16=bf16):
+        losses = cdlm.cdlm_losses(student, batch, prompt_len, block_size, w_cons, w_dlm, gen)
+    loss = w_distill * losses['loss_distill'] + w_cons * losses['loss_cons'] + w_dlm * losses['loss_dlm']
+    cdlm.optimizer_step(student, optimizer, loss, cdlm.cosine_lr(iter_num, lr, min_lr, warmup_iters, max_iters),
+                        grad_clip)
+    return dict(loss=loss, distill=losses['loss_distill'], cons=losses['loss_cons'], dlm=losses['loss_dlm'])
+
+
 student.train()
-try:
-    while iter_num < max_iters:
-        idx = torch.randint(len(traj['x']), (batch_size,), generator=gen, device=device)
-        batch = {k: v[idx] for k, v in traj.items() if k != 'meta'}
-        with cdlm.autocast(device, cpu_bf16=bf16):
-            losses = cdlm.cdlm_losses(student, batch, prompt_len, block_size, w_cons, w_dlm, gen)
-        loss = w_distill * losses['loss_distill'] + w_cons * losses['loss_cons'] + w_dlm * losses['loss_dlm']
-        cdlm.optimizer_step(student, optimizer, loss, cdlm.cosine_lr(iter_num, lr, min_lr, warmup_iters, max_iters),
-                            grad_clip)
-        iter_num += 1
-        if iter_num % 20 == 0:
-            cdlm.synchronize(device)
-            dt, t0 = (time.time() - t0) / 20, time.time()
-            print(f'iter {iter_num}: loss {loss.item():.4f} (distill {losses["loss_distill"].item():.4f}, '
-                  f'cons {losses["loss_cons"].item():.4f}, dlm {losses["loss_dlm"].item():.4f}) {dt * 1000:.0f}ms')
-        if iter_num % eval_interval == 0 or iter_num == max_iters:
-            metrics = evaluate()
-            print(f'eval {iter_num}: ' + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items())
-                  + f', {(time.time() - t_start) / 60:.1f} min')
-            save(metrics)
-            t0 = time.time()
-except KeyboardInterrupt:
-    print(f'\ninterrupted at iter {iter_num}')
-    save(metrics)
-    sys.exit(130)
+cdlm.train_loop(step, iter_num, max_iters, eval_interval, evaluate, save, device, log_interval=20)
 
 # 3. teacher vs student on the test split
 student.eval()

@@ -9,8 +9,6 @@ Train the bidirectional masked-diffusion teacher on the toy corpus (LLaDA-style 
 Relative paths are taken from this file's folder. Ctrl-C saves a checkpoint before exiting.
 """
 import os
-import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -127,39 +125,26 @@ def evaluate():
     return dict(val_loss=val_loss, **{f'acc_{fam}': f[fam]['acc'] for fam in cdlm.tasks.FAMILIES})
 
 
-def save(metrics):
+def save(iter_num, metrics):
     cdlm.save_checkpoint(out_path, model, kind, config, iter_num, metrics, optimizer)
     print(f'saved {out_path}')
 
 
-# training loop
-metrics, t0, t_start = {}, time.time(), time.time()
-try:
-    while iter_num < max_iters:
-        x0 = x_train[torch.multinomial(row_weight, batch_size, replacement=True, generator=gen)]
-        t = cdlm.antithetic_t(batch_size, generator=gen, device=device)
-        if paired:  # the second half repeats the first and hides its complement (rate 1 - t)
-            half = batch_size // 2
-            x0[half:2 * half], t[half:2 * half] = x0[:half], (1 - t[:half]).clamp_min(1e-3)
-        loss = loss_on(x0, t, paired)
-        cdlm.optimizer_step(model, optimizer, loss, cdlm.cosine_lr(iter_num, lr, min_lr, warmup_iters, max_iters),
-                            grad_clip)
-        iter_num += 1
-        if iter_num % 50 == 0:
-            cdlm.synchronize(device)
-            dt, t0 = (time.time() - t0) / 50, time.time()
-            print(f'iter {iter_num}: loss {loss.item():.4f}, lr {optimizer.param_groups[0]["lr"]:.2e}, {dt * 1000:.0f}ms/iter')
-        if iter_num % eval_interval == 0 or iter_num == max_iters:
-            metrics = evaluate()
-            print(f'eval {iter_num}: ' + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items())
-                  + f', {(time.time() - t_start) / 60:.1f} min')
-            save(metrics)
-            t0 = time.time()
-except KeyboardInterrupt:
-    print(f'\ninterrupted at iter {iter_num}')
-    save(metrics)
-    sys.exit(130)
-print(f'done: {iter_num} iters in {(time.time() - t_start) / 60:.1f} min')
+def step(iter_num):
+    """One optimizer step on a fresh batch; returns what to log."""
+    x0 = x_train[torch.multinomial(row_weight, batch_size, replacement=True, generator=gen)]
+    t = cdlm.antithetic_t(batch_size, generator=gen, device=device)
+    if paired:  # the second half repeats the first and hides its complement (rate 1 - t)
+        half = batch_size // 2
+        x0[half:2 * half], t[half:2 * half] = x0[:half], (1 - t[:half]).clamp_min(1e-3)
+    loss = loss_on(x0, t, paired)
+    lr_now = cdlm.cosine_lr(iter_num, lr, min_lr, warmup_iters, max_iters)
+    cdlm.optimizer_step(model, optimizer, loss, lr_now, grad_clip)
+    return dict(loss=loss, lr=lr_now)
+
+
+# training loop: logs, evaluations and checkpoints around step(); Ctrl-C saves a checkpoint
+cdlm.train_loop(step, iter_num, max_iters, eval_interval, evaluate, save, device)
 
 # how hard is parallel decoding for this teacher? the whole test split, three decoding rules
 if final_report and objective == 'mdm':
