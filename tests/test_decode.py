@@ -1,5 +1,6 @@
 """Decoder invariants on tiny random models: the prompt is kept, steps finalize exactly what the rule says, nothing
 stays masked, greedy is deterministic, early stop works, and the cached student decodes exactly like the uncached one."""
+import math
 import random
 
 import pytest
@@ -35,6 +36,53 @@ def test_choose_positions_rules():
     assert cdlm.choose_positions(conf, todo, k=2).tolist() == [[1, 0, 1, 0], [0, 1, 1, 0]]
     assert cdlm.choose_positions(conf, todo, threshold=1.0).sum(-1).tolist() == [1, 1]
     assert cdlm.choose_positions(conf, todo, threshold=0.0).tolist() == todo.tolist()
+
+
+def test_predict_by_hand():
+    """Greedy: position 0 has probs (1/5, 3/5, 1/5) -> token 1, confidence 0.6; position 1 has (1/2, 1/8, 3/8) ->
+    token 0, confidence 0.5, in float64. Sampled from logits (0, ln 3): token 1 has probability 3/4 at temperature 1,
+    9/10 at temperature 1/2 (probs ** 2, renormalized) and about 0.634 at temperature 2; the confidence is always the
+    untempered probability of the drawn token (3/4 or 1/4), and a generator seeded alike draws alike."""
+    l3, l4 = math.log(3), math.log(4)
+    tokens, conf = cdlm.predict(torch.tensor([[[0.0, l3, 0.0], [l4, 0.0, l3]]]))
+    assert tokens.tolist() == [[1, 0]] and conf.dtype == torch.float64, (tokens, conf)
+    assert torch.allclose(conf, torch.tensor([[0.6, 0.5]], dtype=torch.float64)), conf
+    logits = torch.tensor([[[0.0, l3]]]).expand(4000, 1, 2)
+    for temperature, want in [(1.0, 0.75), (0.5, 0.9), (2.0, math.sqrt(3) / (1 + math.sqrt(3)))]:
+        tokens, conf = cdlm.predict(logits, temperature, torch.Generator().manual_seed(0))
+        freq = tokens.double().mean().item()
+        assert abs(freq - want) < 0.03, f'temperature {temperature}: token 1 drawn {freq:.3f} of the time, want {want}'
+        want_conf = torch.where(tokens == 1, 0.75, 0.25).double()
+        assert torch.allclose(conf, want_conf, atol=1e-6), 'the confidence must be the untempered probability'
+        again = cdlm.predict(logits, temperature, torch.Generator().manual_seed(0))[0]
+        assert torch.equal(tokens, again), 'same generator seed, different draws'
+
+
+def test_choose_positions_threshold_is_strict_by_hand():
+    """threshold=0.5 over confidences (0.5, 0.75, 0.5, 0.25): only 0.75 is strictly above. At threshold=1.0 with two
+    confidences of exactly 1.0, one position only (the best one, no position exceeds 1). The best one is taken among
+    the still-masked positions (0.99 is already final here). With both k and threshold given, threshold rules."""
+    todo = torch.ones(1, 4, dtype=torch.bool)
+    got = cdlm.choose_positions(torch.tensor([[0.5, 0.75, 0.5, 0.25]]), todo, threshold=0.5)
+    assert got.tolist() == [[False, True, False, False]], got
+    got = cdlm.choose_positions(torch.tensor([[1.0, 1.0, 0.25, 0.5]]), todo, threshold=1.0)
+    assert got.sum() == 1 and got[0, :2].any(), got
+    got = cdlm.choose_positions(torch.tensor([[0.99, 0.2, 0.3, 0.1]]), torch.tensor([[False, True, True, True]]),
+                                threshold=0.9)
+    assert got.tolist() == [[False, False, True, False]], got
+    got = cdlm.choose_positions(torch.tensor([[0.95, 0.92, 0.3, 0.1]]), todo, k=1, threshold=0.9)
+    assert got.tolist() == [[True, True, False, False]], got
+
+
+def test_choose_positions_k_by_hand():
+    """k most confident among the still-masked positions (confidences 0.9, 0.8, 0.7, 0.6): k=1 with position 0 final
+    takes position 1; k=3 with only two positions masked takes just those two; k=10 over 4 positions takes all."""
+    conf = torch.tensor([[0.9, 0.8, 0.7, 0.6]])
+    got = cdlm.choose_positions(conf, torch.tensor([[False, True, True, False]]), k=1)
+    assert got.tolist() == [[False, True, False, False]], got
+    todo = torch.tensor([[True, False, True, False]])
+    assert cdlm.choose_positions(conf, todo, k=3).tolist() == todo.tolist()
+    assert cdlm.choose_positions(conf, torch.ones(1, 4, dtype=torch.bool), k=10).all()
 
 
 @pytest.mark.parametrize('attn', ['bidirectional', 'block_causal'])
@@ -133,26 +181,103 @@ def exactness_sweep(n_draws, seq_len, n_layer, d_model, seed=0):
     assert worst < 1e-5, worst
 
 
-def test_kv_cache_is_exact_over_random_draws():
+def test_cached_decoding_is_exact_over_random_draws():
     """Over 200 random draws on a random-init block-causal model in fp32, cached and uncached decoding give identical
     tokens and NFE, and every step's logits agree to 1e-5."""
     exactness_sweep(200, seq_len=48, n_layer=2, d_model=32)
 
 
 @pytest.mark.slow
-def test_kv_cache_is_exact_on_a_default_sized_model():
+def test_cached_decoding_is_exact_on_a_default_sized_model():
     exactness_sweep(100, seq_len=72, n_layer=4, d_model=128, seed=1)
 
 
-def test_kv_cache_takes_the_dtype_its_keys_come_in():
-    """Under autocast the keys are bf16, and so is the cache (no fp32 copy of the prefix at every step); the cached
-    decode still matches the uncached one token for token. Without autocast the cache has the weights' dtype."""
+def test_kv_cache_starts_empty_with_one_slot_per_layer_and_position():
+    """KVCache(model, batch 3, 20 positions) for 2 layers of 2 heads of width 16: keys and values (3, 2, 20, 16) per
+    layer, no position final yet (len 0). The dtype is the weights' (fp32), or autocast's (bf16) when it is on:
+    keys come out in that dtype, so the prefix is not copied to fp32 at every step."""
     torch.manual_seed(0)
     model = cdlm.Transformer(seq_len=24, n_layer=2, n_head=2, d_model=32).eval()
-    assert cdlm.KVCache(model, 1, 24).k[0].dtype == torch.float32
-    prompt = torch.randint(0, 256, (3, 8))
+    cache = cdlm.KVCache(model, 3, 20)
+    assert len(cache) == 0 and len(cache.k) == len(cache.v) == 2
+    assert all(t.shape == (3, 2, 20, 16) and t.dtype == torch.float32 for t in cache.k + cache.v)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         assert cdlm.KVCache(model, 1, 24, 'cpu').k[0].dtype == torch.bfloat16
+
+
+def test_kv_cache_write_and_commit_by_hand(tiny_model):
+    """P=4, two blocks of 4, block-causal. Run the canvas through the cache piece by piece and compare each piece's
+    logits with a full recompute (no cache); len(cache) counts the committed positions:
+      prompt 0:4, commit 4                   -> len 4
+      block 0:4:8 still masked, commit 0     -> len 4 (keys computed from masks are not kept)
+      block 0 clean, commit 2 of its 4       -> len 6 (the masked keys written before are overwritten)
+      positions 6:8 again, commit 2          -> len 8
+      block 1:8:12, no mask needed, commit 0 -> len 8"""
+    mask = cdlm.attention_mask('block_causal', 12, 4, 4)
+    x = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
+    y = x.clone()
+    y[:, 4:] = cdlm.MASK_ID
+    full_x, full_y = tiny_model(x, mask), tiny_model(y, mask)
+    cache = cdlm.KVCache(tiny_model, 2, 12)
+    pieces = [(x, 0, 4, mask[:4, :4], 4, full_x, 4), (y, 4, 8, mask[4:8, :8], 0, full_y, 4),
+              (x, 4, 8, mask[4:8, :8], 2, full_x, 6), (x, 6, 8, mask[6:8, :8], 2, full_x, 8),
+              (x, 8, 12, None, 0, full_x, 8)]  # (tokens, start, end, mask rows, commit, full recompute, len after)
+    for src, a, e, m, commit, want, n in pieces:
+        got = tiny_model(src[:, a:e], m, cache, commit=commit)
+        diff = (got - want[:, a:e]).abs().max().item()
+        assert diff < 1e-5, f'positions {a}:{e}: cached logits differ from a full recompute by {diff:.2e}'
+        assert len(cache) == n, f'after positions {a}:{e} with commit={commit}: len(cache) {len(cache)}, want {n}'
+
+
+def passes(model, prompt, L, B, use_cache, **kw):
+    """generate with a spy on the model: (width of the input, len(cache) before the pass, commit) for each pass."""
+    seen, steps = [], []
+
+    def spy(module, args, kwargs):
+        cache = args[2] if len(args) > 2 else kwargs.get('cache')
+        seen.append((args[0].shape[1], None if cache is None else len(cache), kwargs.get('commit')))
+    handle = model.register_forward_pre_hook(spy, with_kwargs=True)
+    out = cdlm.generate(model, prompt, L, B, attn='block_causal', use_cache=use_cache,
+                        on_step=lambda x, s, pick, logits: steps.append(logits.clone()), **kw)
+    handle.remove()
+    return out, seen, steps
+
+
+def test_generate_cached_runs_each_step_on_the_current_block(tiny_model):
+    """P=3, L=8, B=4, k=2: two steps a block. The first pass runs the uncached prompt with block 0 (7 positions) and
+    commits the prompt (3); the next runs block 0 alone (4); the first pass of block 1 runs the finished block 0 with
+    block 1 (8) and commits block 0 (4); the last runs block 1 alone. Tokens, NFE and every step's logits match the
+    uncached decode."""
+    prompt = torch.randint(0, 256, (2, 3), generator=torch.Generator().manual_seed(0))
+    kw = dict(k=2, threshold=None, early_stop=False)
+    a, _, la = passes(tiny_model, prompt, 8, 4, False, **kw)
+    b, seen, lb = passes(tiny_model, prompt, 8, 4, True, **kw)
+    assert seen == [(7, 0, 3), (4, 3, 0), (8, 3, 4), (4, 7, 0)], f'(width, len(cache), commit) per pass: {seen}'
+    assert torch.equal(a['x'], b['x']) and torch.equal(a['nfe'], b['nfe']) and (b['nfe'] == 4).all()
+    assert len(la) == len(lb) == 4
+    diff = max((p - q).abs().max().item() for p, q in zip(la, lb))
+    assert diff < 1e-5, f'step logits cached vs uncached differ by {diff:.2e}'
+
+
+@pytest.mark.parametrize('kw', [dict(k=None, threshold=0.0, early_stop=True),
+                                dict(k=None, threshold=0.0041, temperature=1.0, early_stop=False),
+                                dict(k=3, threshold=None, early_stop=True)])
+def test_generate_cached_matches_uncached(tiny_model, kw):
+    """P=5, L=12, B=4: a whole block per step (every pass also writes the block before), a varying number per step
+    (sampled; 7 to 10 steps a row here) and k=3: the cached decode gives the uncached one's tokens, NFE and logits."""
+    prompt = torch.randint(0, 256, (3, 5), generator=torch.Generator().manual_seed(1))
+    outs = [passes(tiny_model, prompt, 12, 4, c, generator=torch.Generator().manual_seed(2), **kw) for c in (0, 1)]
+    (a, _, la), (b, _, lb) = outs
+    assert torch.equal(a['x'], b['x']) and torch.equal(a['nfe'], b['nfe']), (a['nfe'], b['nfe'])
+    assert len(la) == len(lb) and max((p - q).abs().max().item() for p, q in zip(la, lb)) < 1e-5
+
+
+def test_generate_cached_matches_uncached_under_bf16_autocast():
+    """Under CPU bf16 autocast (a bf16 cache) the cached decode still matches the uncached one token for token."""
+    torch.manual_seed(0)
+    model = cdlm.Transformer(seq_len=24, n_layer=2, n_head=2, d_model=32).eval()
+    prompt = torch.randint(0, 256, (3, 8))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
         a, b = (cdlm.generate(model, prompt, 16, 4, attn='block_causal', use_cache=c, k=None, threshold=0.5)
                 for c in (False, True))
     assert torch.equal(a['x'], b['x']) and torch.equal(a['nfe'], b['nfe'])

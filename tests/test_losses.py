@@ -14,6 +14,29 @@ def test_antithetic_t_is_stratified():
     assert torch.equal(bins, torch.arange(8)), f'one t per stratum expected, got {t}'
 
 
+def test_antithetic_t_one_shared_offset_by_hand():
+    """eps=0.2, 4 rows: t_i = 0.2 + 0.8 * ((u + i/4) mod 1) for one uniform u, so sorted t are exactly 0.2 apart,
+    all in [0.2, 1), and a new u (another seed) moves all of them."""
+    ts = [cdlm.antithetic_t(4, eps=0.2, generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
+    for t in ts:
+        assert t.shape == (4,) and ((t >= 0.2) & (t < 1)).all(), t
+        gaps = t.sort().values.diff()
+        assert torch.allclose(gaps, torch.full((3,), 0.2), atol=1e-6), f'sorted t {t.sort().values} not 0.2 apart'
+        offsets = ((t - 0.2) / 0.8 - (t[0] - 0.2) / 0.8) % 1  # row i sits i/4 after row 0, modulo 1
+        assert torch.allclose(offsets, torch.tensor([0, 0.25, 0.5, 0.75]), atol=1e-5), offsets
+    assert not torch.allclose(ts[0], ts[1]), 'the offset u must come from the generator'
+
+
+def test_mask_tokens_t_zero_hides_nothing_and_t_one_hides_every_maskable_position():
+    """The two ends of the noise: t=0 is the clean sequence, t=1 hides exactly the maskable positions (the response)."""
+    x0 = torch.arange(12).view(2, 6)
+    maskable = torch.tensor([False, False, True, True, True, True])
+    xt, hidden = cdlm.mask_tokens(x0, maskable, torch.tensor([0.0, 1.0]), torch.Generator().manual_seed(0))
+    M = cdlm.MASK_ID
+    assert hidden.tolist() == [[False] * 6, [False, False, True, True, True, True]], hidden
+    assert xt.tolist() == [[0, 1, 2, 3, 4, 5], [6, 7, M, M, M, M]], xt
+
+
 def test_mask_tokens_hides_only_maskable_positions_at_rate_t():
     g = torch.Generator().manual_seed(0)
     x0 = torch.randint(0, 256, (4, 1000))
@@ -46,6 +69,27 @@ def test_mask_block_matches_semi_autoregressive_states():
     assert hidden.int().tolist() == [[1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0], [0] * 6]
     rate = cdlm.mask_block(torch.ones(1, 4000), torch.tensor([0]), 4000, torch.tensor([0.3]))[1].float().mean()
     assert abs(rate - 0.3) < 0.03, rate
+
+
+def test_mdm_loss_by_hand():
+    """Two rows of three positions over a 2-token output, cross-entropies chosen by hand:
+    row 0 (t=1/2) hides positions 0 and 2: uniform logits (CE ln 2) and p(target) = 1/4 (CE ln 4);
+    row 1 (t=1/4) hides position 1: p(target) = 3/4 (CE ln 4/3). The visible positions have other CEs.
+    elbo, norm=5: (ln 2 / (1/2) + ln 4 / (1/2) + ln(4/3) / (1/4)) / (2 rows * 5) = (6 ln 2 + 4 ln 4/3) / 10.
+    mean: (ln 2 + ln 4 + ln 4/3) / 3 hidden tokens."""
+    l3 = math.log(3)
+    logits = torch.tensor([[[0.0, 0.0], [5.0, 0.0], [l3, 0.0]],
+                           [[0.0, 9.0], [l3, 0.0], [0.0, 2.0]]])
+    x0 = torch.tensor([[0, 1, 1], [0, 0, 0]])
+    hidden = torch.tensor([[True, False, True], [False, True, False]])
+    t = torch.tensor([0.5, 0.25])
+    ln2, ln43 = math.log(2), math.log(4 / 3)
+    got = cdlm.mdm_loss(logits, x0, hidden, t, 5)
+    assert abs(got - (6 * ln2 + 4 * ln43) / 10) < 1e-6, (got.item(), (6 * ln2 + 4 * ln43) / 10)
+    got = cdlm.mdm_loss(logits, x0, hidden, t, 5, weight='mean')
+    assert abs(got - (3 * ln2 + ln43) / 3) < 1e-6, (got.item(), (3 * ln2 + ln43) / 3)
+    for weight in ('elbo', 'mean'):  # nothing hidden: the loss is 0, not NaN
+        assert cdlm.mdm_loss(logits, x0, torch.zeros_like(hidden), t, 5, weight=weight) == 0
 
 
 def test_mdm_loss_ignores_visible_positions():
@@ -85,6 +129,19 @@ def test_uniform_predictor_scores_log_v_in_expectation():
     loss = cdlm.mdm_loss(torch.zeros(4096, 16, cdlm.VOCAB_SIZE - 1), x0, hidden, t, 16)
     want = math.log(cdlm.VOCAB_SIZE - 1)
     assert abs(loss - want) / want < 0.05, (loss.item(), want)
+
+
+def test_kl_loss_by_hand():
+    """Three positions over 3 tokens, the student given as logits = log q + 7 (softmax removes the shift):
+    p = (1/2, 1/2, 0), q = (1/4, 1/4, 1/2): KL = 2 * 1/2 ln 2 = ln 2 (a zero in p contributes 0);
+    p = (1, 0, 0),     q = (1/4, 1/4, 1/2): KL = ln 4;
+    a third position is not selected. Mean over the two selected: (ln 2 + ln 4) / 2 = 1.5 ln 2."""
+    p = torch.tensor([[[0.5, 0.5, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]])
+    q = torch.tensor([[[0.25, 0.25, 0.5], [0.25, 0.25, 0.5], [0.9, 0.05, 0.05]]])
+    select = torch.tensor([[True, True, False]])
+    got = cdlm.kl_loss(p, q.log() + 7, select)
+    assert abs(got - 1.5 * math.log(2)) < 1e-6, (got.item(), 1.5 * math.log(2))
+    assert cdlm.kl_loss(p, q.log(), torch.zeros_like(select)) == 0  # nothing selected: 0, not NaN
 
 
 def test_kl_loss_zero_iff_equal_and_no_gradient_into_target():

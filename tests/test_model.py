@@ -5,7 +5,7 @@ import torch
 import cdlm
 
 
-def test_block_causal_mask_by_hand():
+def test_attention_mask_block_causal_by_hand():
     want = torch.tensor([  # P=2, B=2, seq_len=7: prompt, block 0, block 1, and the first position of block 2
         [1, 1, 0, 0, 0, 0, 0],
         [1, 1, 0, 0, 0, 0, 0],
@@ -20,18 +20,29 @@ def test_block_causal_mask_by_hand():
     assert torch.equal(cdlm.attention_mask('causal', 3), torch.tensor([[1, 0, 0], [1, 1, 0], [1, 1, 1]]).bool())
 
 
-def test_block_size_one_is_causal_over_the_response():
+def test_attention_mask_block_size_one_is_causal_over_the_response():
     got = cdlm.attention_mask('block_causal', 6, prompt_len=2, block_size=1)
     tril = torch.ones(6, 6).tril().bool()
     tril[:2, :2] = True  # the prompt still sees itself bidirectionally
     assert torch.equal(got, tril), f'\n{got.int()}'
 
 
-def test_mask_needs_explicit_sizes():
+def test_attention_mask_needs_explicit_sizes():
     with pytest.raises(ValueError, match='prompt_len and block_size'):
         cdlm.attention_mask('block_causal', 8, prompt_len=2)
     with pytest.raises(ValueError, match='unknown'):
         cdlm.attention_mask('sliding', 8)
+
+
+@pytest.mark.parametrize('T,P,B', [(9, 3, 2), (8, 0, 3), (6, 6, 4), (10, 1, 4)])
+def test_attention_mask_matches_the_formula_entry_by_entry(T, P, B):
+    """METHOD.md §3 written out with Python ints: allow(q, k) = k < P or (q >= P and k >= P and blk(k) <= blk(q)).
+    The sizes include no prompt, no response, and a last block cut short."""
+    def blk(i):
+        return (i - P) // B
+    want = torch.tensor([[k < P or (q >= P and k >= P and blk(k) <= blk(q)) for k in range(T)] for q in range(T)])
+    got = cdlm.attention_mask('block_causal', T, prompt_len=P, block_size=B)
+    assert got.dtype == torch.bool and torch.equal(got, want), f'\ngot\n{got.int()}\nwant\n{want.int()}'
 
 
 def test_output_never_predicts_mask_and_has_no_shift(tiny_model):
