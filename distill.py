@@ -23,7 +23,7 @@ import cdlm
 # I/O
 out_dir = 'out'  # checkpoints and trajectories go here
 teacher_ckpt = 'teacher.pt'  # trained with train_teacher.py when missing
-teacher_args = ''  # extra --key=value arguments for train_teacher.py when it has to run (train or finish)
+teacher_args = ''  # more --key=value for train_teacher.py (device, seed, lengths, bf16, threads are passed on)
 student_ckpt = 'student.pt'  # the distilled student
 traj_file = 'trajectories.pt'  # reused when it matches the teacher and the lengths, rebuilt otherwise
 init_from = 'teacher'  # 'teacher' (fresh student) or 'resume' (continue the student checkpoint)
@@ -79,7 +79,7 @@ gen = torch.Generator(device).manual_seed(seed)
 cdlm.train_or_finish(teacher_path, os.path.join(here, 'train_teacher.py'),
                      [f'--out_dir={out_dir}', f'--ckpt_name={teacher_ckpt}', f'--device={device}', f'--seed={seed}',
                       f'--prompt_len={prompt_len}', f'--gen_len={gen_len}', f'--block_size={block_size}',
-                      '--final_report=0'] + teacher_args.split(), 'teacher')
+                      f'--bf16={bf16}', f'--threads={threads}', '--final_report=0'] + teacher_args.split(), 'teacher')
 teacher, teacher_meta = cdlm.load_checkpoint(teacher_path, device, hint='python distill.py', kind='teacher')
 teacher.eval()
 if teacher.args['seq_len'] != prompt_len + gen_len:
@@ -182,18 +182,22 @@ test = cdlm.tasks.build_splits()['test']
 test = cdlm.tasks.per_family(test, test_problems)
 rows = [('teacher, 1 token/step', teacher, 'bidirectional', dict(k=1, threshold=None, early_stop=False)),
         (f'teacher, threshold {threshold}', teacher, 'bidirectional', dict(k=None, threshold=threshold)),
+        (f'student, threshold {threshold}, uncached', student, 'block_causal', dict(k=None, threshold=threshold)),
         (f'student, threshold {threshold}, cached', student, 'block_causal',
          dict(k=None, threshold=threshold, use_cache=True))]
 math_test = cdlm.tasks.of_family(test, 'math')
 timed = math_test[::max(1, len(math_test) // latency_problems)][:latency_problems]  # math, like the NFE column
 print(f'\n| {"decoding":34s} | math acc | code acc | math NFE | math tokens/step | math latency |')
 print(f'|{"-" * 36}|----------|----------|----------|------------------|--------------|')
+texts = []
 for name, model, attn, rule in rows:
     res = cdlm.evaluate(model, test, prompt_len, gen_len, block_size, attn, device, **rule)
+    texts.append(res['text'])
     f = cdlm.summarize(res, test, gen_len, block_size)
     cdlm.evaluate(model, timed[:1], prompt_len, gen_len, block_size, attn, device, **rule)  # warm-up, untimed
     latency = cdlm.evaluate(model, timed, prompt_len, gen_len, block_size, attn, device, batch_size=1,
                             **rule)['seconds'] / len(timed)  # batch 1: what one request costs
     print(f'| {name:34s} | {f["math"]["acc"]:8.1%} | {f["code"]["acc"]:8.1%} | {f["math"]["nfe"]:8.2f} | '
           f'{f["math"]["tokens_per_step"]:16.2f} | {latency * 1000:9.1f} ms |')
+print(f'cached and uncached students decode the same tokens: {texts[-1] == texts[-2]} (the cache is exact)')
 print(f'done in {(time.time() - t_start) / 60:.1f} min')

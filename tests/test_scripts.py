@@ -46,6 +46,7 @@ def test_distill_end_to_end(teacher_dir):
             '--eval_problems=2', '--batch_size=4', '--test_problems=2', '--latency_problems=1', '--threads=1']
     res = run('distill.py', *args)
     assert 'saved 16 trajectories' in res.stdout and '| student, threshold 0.9, cached' in res.stdout
+    assert 'students decode the same tokens: True' in res.stdout
     student, ckpt = cdlm.load_checkpoint(str(teacher_dir / 'student.pt'))
     assert ckpt['kind'] == 'student' and ckpt['iter_num'] == 4
     res = run('distill.py', *args, '--w_cons=0', '--max_iters=2')
