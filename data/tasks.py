@@ -22,6 +22,7 @@ answer is exact. Problems are generated deterministically from a seed; nothing i
 """
 import functools
 import itertools
+import operator
 import random
 import re
 
@@ -29,6 +30,7 @@ FAMILIES = ('math', 'code')
 N_TEST, N_VAL = 500, 200  # problems per family in the test and val splits
 N_TRAIN = {'math': 20000, 'code': 12000}  # training problems (the code family has about 14800 distinct ones)
 HABIT = 0.8  # probability that a step keeps the previous step's operand order
+OPS = {'+': operator.add, '-': operator.sub, '*': operator.mul}  # the code family's operators
 
 
 def math_problem(rng):
@@ -52,7 +54,7 @@ def code_problem(rng):
             left = rng.choice(sorted(env)[1:] or ['a']) if rng.random() < 0.7 else 'a'
             right = rng.choice(sorted(env)) if rng.random() < 0.3 else str(rng.randint(1, 9))
             op = rng.choice('+-*')
-            env[name] = eval(f"{env[left]}{op}{env.get(right, right)}")  # noqa: S307, digits and + - * only
+            env[name] = OPS[op](env[left], int(env.get(right, right)))
             lines.append(f'{name}={left}{op}{right}')
         if all(0 <= v <= 20 for v in env.values()):
             return ';'.join(lines) + f";print({rng.choice('bc')})"
@@ -107,7 +109,7 @@ def code_steps(a, expr_b, expr_c, target):
     for name, expr in (('b', expr_b), ('c', expr_c)):
         left, op, right = re.fullmatch(r'([abc\d])([+*-])([abc\d])', expr).groups()
         u, v = (env[t] if t in env else int(t) for t in (left, right))
-        env[name] = eval(f'{u}{op}{v}')  # noqa: S307, digits and + - * only
+        env[name] = OPS[op](u, v)
         steps.append((f'{name}>{u:02d}{op}{v:02d}={env[name]:02d}',) +
                      ((f'{name}<{v:02d}{op}{u:02d}={env[name]:02d}',) if op in '+*' else ()))
     return steps, env[target]
