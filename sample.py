@@ -95,7 +95,7 @@ def animate(x, start, pick, logits):
         time.sleep(delay)
     else:
         marks = ''.join('^' if new[i] else '-' if s <= i < s + block_size else ' ' for i in range(gen_len))
-        print(f'step {animate.step:2d}  {line}\n          {marks}')
+        print(f'step {animate.step:2d}  {line}\n         {marks}')
 
 
 for p, _, family in problems:

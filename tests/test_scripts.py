@@ -39,6 +39,12 @@ def test_sample_shows_the_denoising(teacher_dir):
     res = run('sample.py', f'--ckpt={teacher_dir}/teacher.pt', '--prompt=12+34=', '--show', '--k=1')
     nfe = int(res.stdout.split('nfe ')[1].split(',')[0])
     assert f'step {nfe:2d} ' in res.stdout and f'step {nfe + 1:2d} ' not in res.stdout and '^' in res.stdout
+    lines = res.stdout.splitlines()
+    for i, line in enumerate(lines[:-1]):  # with --k=1 each step marks one token: `^` sits under it, in its column
+        if line.startswith('step ') and '^' in lines[i + 1]:
+            col = lines[i + 1].index('^')
+            prev = next((p for p in reversed(lines[:i]) if p.startswith('step ')), 'step  0  ' + '░' * len(line))
+            assert line[col] != '░' and prev[col] == '░', (prev, line, lines[i + 1])
 
 
 def test_distill_end_to_end(teacher_dir):
