@@ -254,7 +254,7 @@ def generated_tokens(enc, text, gen_len):
 
 
 def load_split(split, prompt_len, gen_len):
-    """(x0, problems) for a corpus split: x0 (N, prompt_len + gen_len) int64 and a list of (prompt, response, family)."""
+    """(x0, problems) for a corpus split: x0 (N, prompt_len + gen_len) int64, problems [(prompt, response, family)]."""
     problems = tasks.build_splits()[split]
     enc = get_tokenizer()
     x0 = torch.tensor([encode_example(enc, p, r, prompt_len, gen_len) for p, r, _ in problems])
@@ -370,7 +370,8 @@ class Block(nn.Module):
 
     def forward(self, x, attn_mask, rope, cache=None, layer=0):
         B, T, C = x.shape
-        qkv = self.qkv(self.ln1(x)).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
+        # (3, B, H, T, head_dim): queries, keys and values, split into heads
+        qkv = self.qkv(self.ln1(x)).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         (q, k), v = apply_rope(qkv[:2], *rope), qkv[2]  # q and k rotated together: half the ops of one at a time
         if cache is not None:  # write the new keys after the final ones and attend over both
             n = cache.n
@@ -499,7 +500,7 @@ def mdm_loss(logits, x0, hidden, t, norm, weight='elbo'):
     1/t, summed and divided by `norm` maskable positions per row (the response length).
     weight='mean': the plain mean cross-entropy over all hidden tokens of the batch (no 1/t; `t` and `norm` unused).
     NOTE: not an ELBO; it weighs a row by how many tokens it hides, so heavily masked rows count more, and it drops
-    the 1/t spikes of nearly clean rows (README, "How the defaults were chosen")."""
+    the 1/t spikes of nearly clean rows (EXPERIMENTS.md, 2026-11-29: the loss comparison)."""
     ce = F.cross_entropy(logits.flatten(0, 1).float(), x0.flatten().clamp_max(logits.shape[-1] - 1),
                          reduction='none').view(x0.shape)
     if weight == 'mean':

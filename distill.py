@@ -35,13 +35,13 @@ gen_len = 48  # must match the teacher; a multiple of block_size
 block_size = 16  # the student's block B
 # trajectories
 n_traj = 2000  # training prompts the teacher decodes, split evenly over the temperatures
-temperatures = '0'  # teacher sampling temperatures (paper: '0,0.5'; greedy alone distils better here, see README)
+temperatures = '0'  # teacher sampling temperatures (paper: '0,0.5'; greedy alone distils better: EXPERIMENTS.md)
 topk = 8  # teacher log-probs kept per position
 traj_batch = 250  # prompts decoded at once
 # losses
 w_distill = 1.0  # distillation: KL(teacher at finalization || student at the earlier state)
 w_cons = 0.5  # consistency: KL(student at a later state || student at the earlier state)
-w_dlm = 0.3  # auxiliary masked-diffusion loss on the ground truth (paper: 0.1 LLaDA, 0.01 Dream; README says why 0.3)
+w_dlm = 0.3  # auxiliary masked-diffusion loss on the ground truth (paper: 0.1 LLaDA, 0.01 Dream; 0.3: EXPERIMENTS.md)
 # optim
 batch_size = 32  # trajectories per iteration
 max_iters = 1500  # optimizer steps
@@ -71,7 +71,8 @@ torch.manual_seed(seed)
 torch.set_num_threads(threads or os.cpu_count())
 device = cdlm.pick_device(device)
 here = os.path.dirname(os.path.abspath(__file__))
-teacher_path, student_path, traj_path = (os.path.join(here, out_dir, f) for f in (teacher_ckpt, student_ckpt, traj_file))
+teacher_path, student_path, traj_path = (os.path.join(here, out_dir, name)
+                                         for name in (teacher_ckpt, student_ckpt, traj_file))
 print('config:', config)
 gen = torch.Generator(device).manual_seed(seed)
 

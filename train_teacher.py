@@ -28,10 +28,10 @@ final_report = 500  # at the end, decode this many test problems per family with
 prompt_len = 24  # every prompt is left-padded to this many tokens
 gen_len = 48  # response length L, EOS-padded; a multiple of block_size
 block_size = 16  # decoding block B (the student's block; the teacher decodes semi-autoregressively with it)
-code_weight = 1.5  # a code row is drawn this many times as often as a math row (the families share the steps: README)
+code_weight = 1.5  # a code row is drawn this many times as often as a math row (EXPERIMENTS.md)
 # loss
-loss_weight = 'mean'  # 'mean': plain mean cross-entropy over masked tokens; 'elbo': weighted by 1/t (LLaDA): README
-complement = True  # each example twice in a batch, the second copy hiding exactly what the first shows: README
+loss_weight = 'mean'  # 'mean': plain mean cross-entropy over masked tokens; 'elbo': 1/t-weighted (LLaDA)
+complement = True  # each example twice in a batch, the second copy hiding exactly what the first shows: EXPERIMENTS.md
 # model
 n_layer = 4  # transformer blocks
 n_head = 4  # attention heads
@@ -48,7 +48,7 @@ grad_clip = 1.0  # max gradient norm (0 = off)
 device = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
 threads = 0  # torch CPU threads, 0 = one per core
 compile = False  # torch.compile the model
-bf16 = True  # train in bf16 autocast on CPUs that multiply bf16 natively (AVX512-BF16, AMX; CUDA always): README
+bf16 = True  # train in bf16 autocast on CPUs that multiply bf16 natively (AVX512-BF16, AMX; CUDA always)
 seed = 1337  # drives init, batches and masking
 config = cdlm.configure(globals(), doc=__doc__, rules={  # --key=value overrides, checked before any work; --help
     '>0': 'eval_problems prompt_len gen_len block_size code_weight n_layer n_head d_model batch_size max_iters lr',
