@@ -778,8 +778,11 @@ def evaluate(model, problems, prompt_len, gen_len, block_size, attn, device, bat
         out['seconds'] += time.perf_counter() - t0
         for (p, _, _), row, n in zip(chunk, res['x'][:, prompt_len:], res['nfe'].tolist()):
             text = decode_response(enc, row)
-            for key, val in zip(('strict', 'answer', 'nfe', 'text'), (*tasks.check(p, text), n, text)):
-                out[key].append(val)
+            strict, answer = tasks.check(p, text)
+            out['strict'].append(strict)
+            out['answer'].append(answer)
+            out['nfe'].append(n)
+            out['text'].append(text)
     return out
 
 
