@@ -1,20 +1,22 @@
 """
 The toy corpus: two task families with exactly checkable answers, in the roles GSM8K-CoT and MBPP play in the CDLM paper.
 
-    math  ` 347+ 285=`                -> `>7+5+0=12<8+4+1=13>3+2+1=06 #### 632`
+    math  ` 347+ 285=`                -> `>7+5+0=12<4+8+1=13>3+2+1=06 #### 632`
     code  `a=4;b=a+3;c=b-a;print(c)`  -> `b>04+03=07;c>07-04=03;#### 3`
 
 Every response is one phrasing out of a small set of valid ones: inside each chain-of-thought step the operands of a
-commutative pair come in either order, and a marker opening the step says which (`>` the first operand's digit first,
-`<` the other). All phrasings of a problem have the same length, so a model learns them easily. The orders are drawn
-like a writer's habit: the first step's is a coin flip, and each later step keeps the order of the step before it with
-probability HABIT (0.8), so no order is ever certain.
+commutative pair come in either order, and a marker opening the step says which (`>` the larger first, `<` the smaller
+first; both fit a pair of equal operands). All phrasings of a problem have the same length, so a model learns them
+easily. The orders are drawn like a writer's habit: the first step's is a coin flip, and each later step keeps the order
+of the step before it with probability HABIT (0.8), so no order is ever certain.
 
 Why this shape. A bidirectional model cannot know which order a step uses until the marker or an operand of it is
 decoded, so decoding the step's tokens in parallel mixes orders: parallel decoding is hard. Threshold decoding at 0.9
 must wait, one step at a time, because even a kept habit has probability 0.8 < 0.9. But the teacher's own greedy
 trajectories always keep the habit (0.8 is the argmax), so they are predictable: that is what a CDLM student distilled
-from them can learn to commit in one step, the way an LLM's greedy phrasing is more regular than its training text.
+from them can learn to commit in one step, the way an LLM's greedy phrasing is more regular than its training text. The
+marker compares the step's own two operands, so it is a local read once they are decoded (a marker that said which
+operand of the problem came first needed a lookup into the prompt, which the teachers often got wrong: EXPERIMENTS.md).
 
 The strict checker enumerates every valid phrasing of the problem and asks whether the response is one of them, so a
 response is correct only if every step parses, uses the right digits and carries, is arithmetically right, and the final
@@ -83,35 +85,41 @@ def join_response(step_texts, answer, sep):
 
 def math_steps(a, op, b):
     """Column-wise steps, least significant digit first, each exactly 9 characters so step i always starts at the same
-    offset. A step opens with an order marker: `>` when the first number's digit comes first, `<` when it comes
-    second. Addition writes the two-digit column sum (`>3+2+1=06`); subtraction writes the two-digit top digit, 1x when
-    it borrows (`>13-5-0=8`), and its marker orders the subtrahend digit and the borrow. Each step is a tuple of
-    equivalent phrasings, `>` first."""
+    offset. Addition writes the two-digit column sum (`>7+5+0=12`), its two digits in either order; subtraction writes
+    the two-digit top digit, 1x when it borrows (`>13-5-0=8`), the subtrahend digit and the borrow in either order.
+    Each step is a tuple of equivalent phrasings from either_order, `>` first."""
     steps, carry = [], 0
     for i in range(max(len(str(a)), len(str(b)))):
         x, y = a // 10 ** i % 10, b // 10 ** i % 10
-        if op == '+':  # x+y+carry=sum, in either order
+        if op == '+':  # x+y+carry=sum
             s = x + y + carry
-            steps.append((f'>{x}+{y}+{carry}={s:02d}', f'<{y}+{x}+{carry}={s:02d}'))
+            steps.append(either_order(x, y, lambda u, v: f'{u}+{v}+{carry}={s:02d}'))
             carry = s // 10
-        else:  # top-y-borrow=digit, y and the borrow in either order
+        else:  # top-y-borrow=digit
             top = x + 10 if x - y - carry < 0 else x
             r = top - y - carry
-            steps.append((f'>{top:02d}-{y}-{carry}={r}', f'<{top:02d}-{carry}-{y}={r}'))
+            steps.append(either_order(y, carry, lambda u, v: f'{top:02d}-{u}-{v}={r}'))
             carry = int(top > x)
     return steps, a + b if op == '+' else a - b
 
 
+def either_order(p, q, body):
+    """The two phrasings of a step whose operands p and q commute, each opened by an order marker: `>` writes the larger
+    first, `<` the smaller. The marker is read off the step's own two digits, and it tells which digit comes first."""
+    return '>' + body(max(p, q), min(p, q)), '<' + body(min(p, q), max(p, q))
+
+
 def code_steps(a, expr_b, expr_c, target):
     """One step per assignment after `a`: name, order marker, value op value=result, every value in a two-digit field
-    so each step has the same width. + and * take either order (`b>04+03=07` or `b<03+04=07`); - only `>`."""
+    so each step has the same width. + and * take either order (`b>04+03=07` or `b<03+04=07`); - only `>`, since its
+    first value is never the smaller (every value is in 0..20)."""
     env, steps = {'a': int(a)}, []
     for name, expr in (('b', expr_b), ('c', expr_c)):
         left, op, right = re.fullmatch(r'([abc\d])([+*-])([abc\d])', expr).groups()
         u, v = (env[t] if t in env else int(t) for t in (left, right))
-        env[name] = OPS[op](u, v)
-        steps.append((f'{name}>{u:02d}{op}{v:02d}={env[name]:02d}',) +
-                     ((f'{name}<{v:02d}{op}{u:02d}={env[name]:02d}',) if op in '+*' else ()))
+        env[name] = r = OPS[op](u, v)
+        body = lambda p, q: f'{p:02d}{op}{q:02d}={r:02d}'
+        steps.append(tuple(name + text for text in (either_order(u, v, body) if op in '+*' else ('>' + body(u, v),))))
     return steps, env[target]
 
 

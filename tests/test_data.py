@@ -26,17 +26,20 @@ def test_every_response_is_valid_and_fits_the_canvas():
 
 
 def test_math_checker_by_hand():
-    ok = '>7+5+0=12<8+4+1=13>3+2+1=06 #### 632'
+    ok = '>7+5+0=12<4+8+1=13>3+2+1=06 #### 632'
     assert tasks.check(' 347+ 285=', ok) == (True, True)
-    assert tasks.check(' 347+ 285=', '<5+7+0=12>4+8+1=13<2+3+1=06 #### 632') == (True, True)  # order is free
-    assert tasks.check(' 347+ 285=', '>5+7+0=12<8+4+1=13>3+2+1=06 #### 632') == (False, True)  # marker disagrees
-    assert tasks.check(' 347+ 285=', '>7+5+0=12>4+8+0=12>3+2+1=06 #### 632') == (False, True)  # dropped carry
-    assert tasks.check(' 347+ 285=', '>7+7+0=12<8+4+1=13>3+2+1=06 #### 632') == (False, True)  # wrong digit
-    assert tasks.check(' 347+ 285=', '>7+5+0=12<8+4+1=13>3+2+1=6 #### 632') == (False, True)  # not two digits
-    assert tasks.check(' 347+ 285=', '>7+5+0=12<8+4+1=13>3+2+1=06 #### 633') == (False, False)
+    assert tasks.check(' 347+ 285=', '<5+7+0=12>8+4+1=13<2+3+1=06 #### 632') == (True, True)  # order is free
+    assert tasks.check(' 347+ 285=', '>5+7+0=12<4+8+1=13>3+2+1=06 #### 632') == (False, True)  # `>` is larger first
+    assert tasks.check(' 347+ 285=', '>7+5+0=12<4+8+0=12>3+2+1=06 #### 632') == (False, True)  # dropped carry
+    assert tasks.check(' 347+ 285=', '>7+7+0=12<4+8+1=13>3+2+1=06 #### 632') == (False, True)  # wrong digit
+    assert tasks.check(' 347+ 285=', '>7+5+0=12<4+8+1=13>3+2+1=6 #### 632') == (False, True)  # not two digits
+    assert tasks.check(' 347+ 285=', '>7+5+0=12<4+8+1=13>3+2+1=06 #### 633') == (False, False)
     assert tasks.check(' 347+ 285=', ok + ' ') == (False, False)
-    assert tasks.check(' 502-  37=', '>12-7-0=5>00-3-1=6>05-0-1=4 #### 465') == (False, True)  # 0-3-1 borrows
-    assert tasks.check(' 502-  37=', '>12-7-0=5<10-1-3=6>05-0-1=4 #### 465') == (True, True)
+    assert tasks.check(' 502-  37=', '>12-7-0=5>00-3-1=6>05-1-0=4 #### 465') == (False, True)  # 0-3-1 borrows
+    assert tasks.check(' 502-  37=', '>12-7-0=5<10-1-3=6<05-0-1=4 #### 465') == (True, True)
+    assert tasks.check(' 502-  37=', '>12-7-0=5<10-1-3=6>05-0-1=4 #### 465') == (False, True)  # 0 < 1: not `>`
+    for marker in '><':  # equal digits fit either marker
+        assert tasks.check('  22+  24=', f'>4+2+0=06{marker}2+2+0=04 #### 46') == (True, True)
 
 
 def test_code_checker_by_hand():
@@ -48,6 +51,9 @@ def test_code_checker_by_hand():
     assert tasks.check(p, 'b>04+03=07;c>07*04=29;#### 28') == (False, True)
     assert tasks.check(p, 'b>04+03=07;c>07*04=28;#### 7') == (False, False)
     assert tasks.check('a=5;b=a-2;c=b-1;print(b)', 'b<02-05=03;c>03-01=02;#### 3') == (False, True)  # - is ordered
+    # the marker orders values, not the program's operands: `b=a+9` with a=3 writes 09 first after `>`
+    assert tasks.check('a=3;b=a+9;c=b-5;print(c)', 'b>09+03=12;c>12-05=07;#### 7') == (True, True)
+    assert tasks.check('a=3;b=a+9;c=b-5;print(c)', 'b>03+09=12;c>12-05=07;#### 7') == (False, True)
 
 
 def test_render_draws_every_phrasing():
