@@ -6,9 +6,9 @@ The toy corpus: two task families with exactly checkable answers, in the roles G
 
 Every response is one phrasing out of a small set of valid ones: inside each chain-of-thought step the operands of a
 commutative pair come in either order, and a marker opening the step says which (`>` the larger first, `<` the smaller
-first; both fit a pair of equal operands). All phrasings of a problem have the same length, so a model learns them
-easily. The orders are drawn like a writer's habit: the first step's is a coin flip, and each later step keeps the order
-of the step before it with probability HABIT (0.8), so no order is ever certain.
+first; both fit equal operands, except code's `-`, always `>`). All phrasings of a problem have the same length, so a
+model learns them easily. The orders are drawn like a writer's habit: the first step's is a coin flip, and each later
+step keeps the order of the step before it with probability HABIT (0.8), so no order is ever certain.
 
 Why this shape. A bidirectional model cannot know which order a step uses until the marker or an operand of it is
 decoded, so decoding the step's tokens in parallel mixes orders: parallel decoding is hard. Threshold decoding at 0.9
@@ -85,9 +85,9 @@ def join_response(step_texts, answer, sep):
 
 def math_steps(a, op, b):
     """Column-wise steps, least significant digit first, each exactly 9 characters so step i always starts at the same
-    offset. Addition writes the two-digit column sum (`>7+5+0=12`), its two digits in either order; subtraction writes
-    the two-digit top digit, 1x when it borrows (`>13-5-0=8`), the subtrahend digit and the borrow in either order.
-    Each step is a tuple of equivalent phrasings from either_order, `>` first."""
+    offset. Addition writes the two-digit column sum (`>7+5+0=12`), the column's two digits in either order;
+    subtraction writes the two-digit top digit, 1x when it borrows (`>13-5-0=8`), the subtrahend digit and the borrow
+    in either order. Each step is a tuple of equivalent phrasings from either_order, `>` first."""
     steps, carry = [], 0
     for i in range(max(len(str(a)), len(str(b)))):
         x, y = a // 10 ** i % 10, b // 10 ** i % 10
@@ -105,7 +105,7 @@ def math_steps(a, op, b):
 
 def either_order(p, q, body):
     """The two phrasings of a step whose operands p and q commute, each opened by an order marker: `>` writes the larger
-    first, `<` the smaller. The marker is read off the step's own two digits, and it tells which digit comes first."""
+    first, `<` the smaller. The marker is read off the step's own two operands, and it tells which one comes first."""
     return '>' + body(max(p, q), min(p, q)), '<' + body(min(p, q), max(p, q))
 
 

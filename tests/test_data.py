@@ -30,6 +30,7 @@ def test_math_checker_by_hand():
     assert tasks.check(' 347+ 285=', ok) == (True, True)
     assert tasks.check(' 347+ 285=', '<5+7+0=12>8+4+1=13<2+3+1=06 #### 632') == (True, True)  # order is free
     assert tasks.check(' 347+ 285=', '>5+7+0=12<4+8+1=13>3+2+1=06 #### 632') == (False, True)  # `>` is larger first
+    assert tasks.check(' 347+ 285=', '<7+5+0=12<4+8+1=13>3+2+1=06 #### 632') == (False, True)  # `<` is smaller first
     assert tasks.check(' 347+ 285=', '>7+5+0=12<4+8+0=12>3+2+1=06 #### 632') == (False, True)  # dropped carry
     assert tasks.check(' 347+ 285=', '>7+7+0=12<4+8+1=13>3+2+1=06 #### 632') == (False, True)  # wrong digit
     assert tasks.check(' 347+ 285=', '>7+5+0=12<4+8+1=13>3+2+1=6 #### 632') == (False, True)  # not two digits
@@ -51,6 +52,7 @@ def test_code_checker_by_hand():
     assert tasks.check(p, 'b>04+03=07;c>07*04=29;#### 28') == (False, True)
     assert tasks.check(p, 'b>04+03=07;c>07*04=28;#### 7') == (False, False)
     assert tasks.check('a=5;b=a-2;c=b-1;print(b)', 'b<02-05=03;c>03-01=02;#### 3') == (False, True)  # - is ordered
+    assert tasks.check('a=5;b=a-a;c=b+1;print(c)', 'b<05-05=00;c>01+00=01;#### 1') == (False, True)  # even when equal
     # the marker orders values, not the program's operands: `b=a+9` with a=3 writes 09 first after `>`
     assert tasks.check('a=3;b=a+9;c=b-5;print(c)', 'b>09+03=12;c>12-05=07;#### 7') == (True, True)
     assert tasks.check('a=3;b=a+9;c=b-5;print(c)', 'b>03+09=12;c>12-05=07;#### 7') == (False, True)
