@@ -119,7 +119,8 @@ def code_steps(a, expr_b, expr_c, target):
         u, v = (env[t] if t in env else int(t) for t in (left, right))
         env[name] = r = OPS[op](u, v)
         body = lambda p, q: f'{p:02d}{op}{q:02d}={r:02d}'
-        steps.append(tuple(name + text for text in (either_order(u, v, body) if op in '+*' else ('>' + body(u, v),))))
+        texts = either_order(u, v, body) if op in '+*' else ('>' + body(u, v),)
+        steps.append(tuple(name + text for text in texts))
     return steps, env[target]
 
 
