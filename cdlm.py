@@ -715,7 +715,7 @@ def sample_states(x, step_of, prompt_len, block_size, generator=None):
     return k_y, k_y2, b, U, S
 
 
-def cdlm_losses(model, batch, prompt_len, block_size, w_cons=0.5, w_dlm=0.1, generator=None):
+def cdlm_losses(model, batch, prompt_len, block_size, w_cons=0.5, w_dlm=0.1, generator=None, distill_temp=1.0):
     """The three CDLM losses on a batch of trajectories (a dict in the on-disk format). Returns a dict of scalars.
 
     loss_distill = mean_{i in U} KL(p_teacher_i || q_student_i(y))     forward KL to the teacher at finalization
@@ -726,6 +726,10 @@ def cdlm_losses(model, batch, prompt_len, block_size, w_cons=0.5, w_dlm=0.1, gen
     reading keeps "within-block temporal consistency": the student's guess from less context must match its own guess
     from more context. The same-block choice also matches what the student sees at inference.
     NOTE (open too): the DLM term keeps blocks before b clean and masks only block b, as at inference.
+    distill_temp: the teacher's stored log-probs are divided by it before the softmax; 1 is the paper's target, below
+    1 sharpens it toward the token the teacher chose. NOTE: not in CDLM; it is the idea of dParallel's certainty
+    forcing (Chen et al., arXiv 2509.26488): a student that must be sure sooner commits more tokens per pass
+    (EXPERIMENTS.md, 2026-11-30: a sharper distillation target).
     The caller weighs the terms; one whose weight is 0 is reported as 0 and its forward pass skipped.
     """
     x, step_of, gt = batch['x'], batch['step_of'].long(), batch['gt']
@@ -740,7 +744,7 @@ def cdlm_losses(model, batch, prompt_len, block_size, w_cons=0.5, w_dlm=0.1, gen
         inputs.append(torch.cat([gt[:, :prompt_len], xt], dim=1))
     logits = model(torch.cat(inputs), attn_mask)[:, prompt_len:]  # (N or 2N, L, V-1)
     p_teacher = torch.zeros(N, L, logits.shape[-1], device=dev).scatter_(
-        -1, batch['top_idx'].long(), batch['top_logp'].float().softmax(-1))  # renormalized over the top K
+        -1, batch['top_idx'].long(), (batch['top_logp'].float() / distill_temp).softmax(-1))  # over the top K
     out = dict(loss_distill=kl_loss(p_teacher, logits[:N], U))
     zero = logits.new_zeros(())
     if w_cons:

@@ -40,6 +40,7 @@ topk = 8  # teacher log-probs kept per position
 traj_batch = 250  # prompts decoded at once
 # losses
 w_distill = 1.0  # distillation: KL(teacher at finalization || student at the earlier state)
+distill_temp = 0.25  # temperature of that teacher target (paper: 1; below 1 sharpens it: EXPERIMENTS.md)
 w_cons = 0.5  # consistency: KL(student at a later state || student at the earlier state)
 w_dlm = 0.3  # auxiliary masked-diffusion loss on the ground truth (paper: 0.1 LLaDA, 0.01 Dream; 0.3: EXPERIMENTS.md)
 # optim
@@ -60,7 +61,7 @@ bf16 = True  # train the student in bf16 autocast on CPUs that multiply bf16 nat
 seed = 1337  # drives trajectories, batches, masking and sampling
 config = cdlm.configure(globals(), doc=__doc__, rules={  # --key=value overrides, checked before any work; --help
     '>0': 'eval_interval eval_problems prompt_len gen_len block_size n_traj traj_batch batch_size max_iters lr '
-          'test_problems latency_problems',
+          'test_problems latency_problems distill_temp',
     '>=0': 'w_distill w_cons w_dlm min_lr warmup_iters grad_clip threads seed', '0..1': 'threshold',
     f'1..{cdlm.VOCAB_SIZE - 1}': 'topk', 'floats>=0': 'temperatures', 'teacher|resume': 'init_from',
     'folder': 'out_dir', 'name': 'teacher_ckpt student_ckpt traj_file', 'device': 'device'})
@@ -167,7 +168,7 @@ def step(iter_num):
     idx = torch.randint(len(traj['x']), (batch_size,), generator=gen, device=device)
     batch = {k: v[idx] for k, v in traj.items() if k != 'meta'}
     with cdlm.autocast(device, cpu_bf16=bf16):
-        losses = cdlm.cdlm_losses(student, batch, prompt_len, block_size, w_cons, w_dlm, gen)
+        losses = cdlm.cdlm_losses(student, batch, prompt_len, block_size, w_cons, w_dlm, gen, distill_temp)
     loss = w_distill * losses['loss_distill'] + w_cons * losses['loss_cons'] + w_dlm * losses['loss_dlm']
     cdlm.optimizer_step(student, optimizer, loss, cdlm.cosine_lr(iter_num, lr, min_lr, warmup_iters, max_iters),
                         grad_clip)

@@ -123,6 +123,19 @@ def constant_student(probs):
     return model
 
 
+def hand_batch():
+    """The by-hand batch of the two tests below, and a student with q(3) = 1/2, q(5) = 1/4 everywhere."""
+    probs = torch.full((cdlm.VOCAB_SIZE - 1,), 0.25 / 255)
+    probs[3], probs[5] = 0.5, 0.25
+    E = cdlm.EOS_ID
+    x = torch.tensor([[9, 9, 7, E, E, E], [9, 9, E, E, E, E]])
+    step_of = torch.tensor([[1, 0, 2, 3], [0, 1, 2, 3]], dtype=torch.int16)
+    top_idx = torch.tensor([[[3, 5], [5, 3], [0, 1], [0, 1]], [[3, 5], [3, 5], [0, 1], [0, 1]]], dtype=torch.int16)
+    top_logp = torch.tensor([[[.6, .2], [.3, .3], [.5, .5], [.5, .5]], [[.9, 1e-13], [.25, .25], [.5, .5], [.5, .5]]])
+    batch = dict(x=x, step_of=step_of, top_idx=top_idx, top_logp=top_logp.log().half(), gt=x.clone())
+    return batch, constant_student(probs)
+
+
 def test_cdlm_losses_distill_by_hand():
     """The student puts q(3) = 1/2, q(5) = 1/4 and 1/4 spread over the other 255 tokens, at every position.
     P=2, L=4, B=2, and both rows reach EOS inside block 0, so b = 0, y = block 0 all masked (k_y = 0), y' = one
@@ -133,19 +146,26 @@ def test_cdlm_losses_distill_by_hand():
       row 1, position 0: ids (3, 5), log-probs (ln .9, -30) -> (1, 0): KL = ln 2
       row 1, position 1: ids (3, 5), probs (.25, .25) -> (1/2, 1/2): KL = 1/2 ln 2
     loss_distill = (3/4 ln 1.5 + 2 ln 2) / 4. The student says the same thing in y and y', so loss_cons = 0."""
-    probs = torch.full((cdlm.VOCAB_SIZE - 1,), 0.25 / 255)
-    probs[3], probs[5] = 0.5, 0.25
-    E = cdlm.EOS_ID
-    x = torch.tensor([[9, 9, 7, E, E, E], [9, 9, E, E, E, E]])
-    step_of = torch.tensor([[1, 0, 2, 3], [0, 1, 2, 3]], dtype=torch.int16)
-    top_idx = torch.tensor([[[3, 5], [5, 3], [0, 1], [0, 1]], [[3, 5], [3, 5], [0, 1], [0, 1]]], dtype=torch.int16)
-    top_logp = torch.tensor([[[.6, .2], [.3, .3], [.5, .5], [.5, .5]], [[.9, 1e-13], [.25, .25], [.5, .5], [.5, .5]]])
-    batch = dict(x=x, step_of=step_of, top_idx=top_idx, top_logp=top_logp.log().half(), gt=x.clone())
-    out = cdlm.cdlm_losses(constant_student(probs), batch, 2, 2, w_cons=0.5, w_dlm=0,
+    batch, student = hand_batch()
+    out = cdlm.cdlm_losses(student, batch, 2, 2, w_cons=0.5, w_dlm=0,
                            generator=torch.Generator().manual_seed(0))
     want = (0.75 * math.log(1.5) + 2 * math.log(2)) / 4
     assert abs(out['loss_distill'] - want) < 1e-4, (out['loss_distill'].item(), want)
     assert abs(out['loss_cons']) < 1e-6 and out['loss_dlm'] == 0, out
+
+
+def test_cdlm_losses_distill_temp_sharpens_the_teacher_by_hand():
+    """The batch of the test above with distill_temp=0.5: each stored log-prob is doubled before the softmax, so a
+    target is the renormalized square of the top-K probs:
+      row 0, position 0: (.6, .2) -> (.36, .04) -> (.9, .1): KL = .9 ln(.9 / .5) + .1 ln(.1 / .25)
+      row 0, position 1 and row 1, position 1: equal probs stay (1/2, 1/2): KL = 1/2 ln 2 each
+      row 1, position 0: (1, 0) stays: KL = ln 2
+    so loss_distill = (.9 ln 1.8 + .1 ln .4 + 2 ln 2) / 4; distill_temp=1 gives the paper's target (the test above)."""
+    batch, student = hand_batch()
+    out = cdlm.cdlm_losses(student, batch, 2, 2, w_cons=0, w_dlm=0,
+                           generator=torch.Generator().manual_seed(0), distill_temp=0.5)
+    want = (0.9 * math.log(1.8) + 0.1 * math.log(0.4) + 2 * math.log(2)) / 4
+    assert abs(out['loss_distill'] - want) < 1e-4, (out['loss_distill'].item(), want)
 
 
 def test_cdlm_losses_match_their_formulas(tiny_model):
