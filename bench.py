@@ -11,7 +11,8 @@ Rows, all greedy:
   teacher 1 token/step (vanilla, no cache) | teacher naive step truncation to the student's budget |
   teacher threshold (Fast-dLLM, no cache)  | student uncached | student cached | autoregressive model with a KV cache.
 Tables:
-  1. accuracy and steps on the whole test split, and the latency of one request (batch 1) with its speed-up;
+  1. accuracy and steps on the whole test split, and the latency of one request (batch 1) with its speed-up; then the
+     accuracy-NFE frontier: the teacher's threshold rule and the cached student at each tau, per family, plotted;
   2. throughput in generated tokens/s (the answer and its EOS) at each batch size, on the same math test problems,
      with the FLOP/s each row achieves (FLOPs counted from the shapes of the passes it ran) against this machine's
      matmul peak and memory bandwidth, both measured in the same run;
@@ -41,6 +42,7 @@ teacher_ckpt = 'teacher.pt'  # from train_teacher.py or distill.py
 student_ckpt = 'student.pt'  # from distill.py
 ar_ckpt = 'ar.pt'  # trained here when missing
 threshold = 0.9  # tau for threshold decoding
+frontier = '0.5,0.7,0.8,0.9,0.95,0.99'  # the thresholds of the accuracy-NFE frontier
 timed_problems = 128  # math test problems every row decodes at every batch size (a multiple of the largest batch)
 batches = '1,8,32,128'  # batch sizes of the throughput sweep; batch 1, the latency of one request, always runs
 repeats = 3  # timed rounds, each timing every row at every batch size in turn; the median is reported
@@ -52,7 +54,7 @@ device = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
 threads = 0  # torch CPU threads, 0 = one per core
 seed = 1337
 config = cdlm.configure(globals(), doc=__doc__, rules={  # --key=value overrides, checked before any work; --help
-    '>0': 'timed_problems repeats', '>=0': 'threads seed', '0..1': 'threshold', 'ints>0': 'batches scaling',
+    '>0': 'timed_problems repeats', '>=0': 'threads seed', '0..1': 'threshold', 'ints>0': 'batches scaling', 'floats>=0': 'frontier',
     'folder': 'out_dir', 'file': 'json', 'name': 'teacher_ckpt student_ckpt ar_ckpt', 'device': 'device'})
 # -----------------------------------------------------------------------------
 
@@ -133,6 +135,50 @@ for name in list(rules):  # accuracy: every test problem, batched
 rows['student, cached']['match'] = rows['student, uncached']['match'] = outputs['student, cached'] == outputs[
     'student, uncached']
 print(f'accuracy in {time.perf_counter() - t_start:.0f} s')
+
+
+def plot(title, series, width=60):
+    """A text scatter plot of accuracy (up: eleven rows from the tenth at or below the lowest point, at most 90%, to
+    100%) against mean NFE (right, from 0). series: {mark: [(nfe, acc), ...]}; a cell two series share shows '*'."""
+    points = [p for pts in series.values() for p in pts]
+    x_hi = 4 * math.ceil(max(x for x, _ in points) * 1.05 / 4)  # the axis ends on a multiple of 4: round ticks
+    y_lo = min(math.floor(min(y for _, y in points) * 10) / 10, 0.9)
+    grid = [[' '] * width for _ in range(11)]  # row 0 is 100%, row 10 is y_lo
+    for mark, pts in series.items():
+        for x, y in pts:
+            row, col = round((1 - y) / (1 - y_lo) * 10), min(width - 1, round(x / x_hi * width))
+            grid[row][col] = mark if grid[row][col] in (' ', mark) else '*'
+    lines = [title] + [(f'{1 - i / 10 * (1 - y_lo):5.0%} |' if i % 2 == 0 else '      |') + ''.join(cells)
+                       for i, cells in enumerate(grid)]
+    ticks = ''.join(f'{x_hi * j / 4:<{width // 4}g}' for j in range(4))
+    return lines + ['      +' + '-' * width, f'       {ticks}{x_hi:g} mean NFE']
+
+
+# the accuracy-NFE frontier: both threshold rules at every tau, on the whole test split
+taus = sorted(float(t) for t in frontier.split(','))
+curves = {'teacher, threshold': ('teacher', 'bidirectional', dict(k=None)),
+          'student, cached': ('student', 'block_causal', dict(k=None, use_cache=True))}
+front = {name: [] for name in curves}
+for name, (model_name, attn, rule) in curves.items():
+    for tau in tqdm(taus, desc=f'frontier: {name}', unit='tau'):
+        f = cdlm.summarize(decode(model_name, attn, dict(rule, threshold=tau), test), test, gen_len, block_size)
+        front[name].append(dict(tau=tau, **{f'{k}_{fam}': f[fam][k] for fam in f for k in ('acc', 'nfe')}))
+print('\n| tau | teacher math acc / NFE | student math acc / NFE | teacher code acc / NFE | student code acc / NFE |')
+print('|---|---|---|---|---|')
+for t, s in zip(front['teacher, threshold'], front['student, cached']):
+    print(f'| {t["tau"]} | ' + ' | '.join(f'{r[f"acc_{fam}"]:.1%} / {r[f"nfe_{fam}"]:.2f}' for fam in ('math', 'code')
+                                          for r in (t, s)) + ' |')
+for fam in ('math', 'code'):
+    pts = {mark: [(r[f'nfe_{fam}'], r[f'acc_{fam}']) for r in front[name]]
+           for mark, name in (('T', 'teacher, threshold'), ('S', 'student, cached'))}
+    print('\n' + '\n'.join(plot(f'{fam}: strict accuracy against passes, tau {taus[0]}-{taus[-1]} '
+                                 '(T teacher at threshold, S cached student)', pts)))
+    # the student's curve lies above and to the left where no teacher point has both fewer passes and more accuracy
+    for r in front['student, cached']:
+        if beaten := [t['tau'] for t in front['teacher, threshold']
+                      if t[f'nfe_{fam}'] <= r[f'nfe_{fam}'] and t[f'acc_{fam}'] > r[f'acc_{fam}']]:
+            print(f'{fam}: the student at tau {r["tau"]} is below the teacher at tau {beaten} '
+                  '(as few passes or fewer, more accuracy)')
 
 
 def count_passes(model_name, attn, rule, batch_size):
@@ -265,7 +311,7 @@ for r in scaling_rows:
 
 device_name = torch.cuda.get_device_name() if device.startswith('cuda') else platform.processor()
 result = dict(device=device, device_name=device_name,
-              torch=torch.__version__, config=config, rows=rows, sweep=sweep, ratios=ratios,
+              torch=torch.__version__, config=config, rows=rows, frontier=front, sweep=sweep, ratios=ratios,
               peak=dict(flops=peak_flops, bytes_per_s=peak_bw), warmup_s=warmup_s, cache_scaling=scaling_rows)
 out = os.path.join(here, json)
 os.makedirs(os.path.dirname(out), exist_ok=True)

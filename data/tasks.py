@@ -2,7 +2,8 @@
 The toy corpus: two task families with exactly checkable answers, in the roles GSM8K-CoT and MBPP play in the CDLM paper.
 
     math  ` 347+ 285=`                -> `>7+5+0=12<4+8+1=13>3+2+1=06 #### 632`
-    code  `a=4;b=a+3;c=b-a;print(c)`  -> `b>04+03=07;c>07-04=03;#### 3`
+    math  `  20-  11=`                -> `>10-1-0=9>02-1-1=0 #### 09`
+    code  `a=4;b=a+3;c=b-a;print(c)`  -> `>04+03=07;>07-04=03;#### 3`
 
 Every response is one phrasing out of a small set of valid ones: inside each chain-of-thought step the operands of a
 commutative pair come in either order, and a marker opening the step says which (`>` the larger first, `<` the smaller
@@ -17,6 +18,13 @@ trajectories always keep the habit (0.8 is the argmax), so they are predictable:
 from them can learn to commit in one step, the way an LLM's greedy phrasing is more regular than its training text. The
 marker compares the step's own two operands, so it is a local read once they are decoded (a marker that said which
 operand of the problem came first needed a lookup into the prompt, which the teachers often got wrong: EXPERIMENTS.md).
+
+Two layout rules keep every written value one local read away from what it depends on (EXPERIMENTS.md, 2026-12-02).
+The math answer has a digit for every column (`#### 09`, not `#### 9`), so its digits line up with the steps' results.
+A code step's operands all come before character 16, the end of the first block of 16, and only results come after:
+the steps carry no variable names (step 1 assigns b, step 2 assigns c). A model that decodes block by block then
+always has a step's operands written when it writes the result; with the names, step c's second operand and its result
+shared the second block, and both teacher and student wrote the result first, from the program, and got it wrong.
 
 The strict checker enumerates every valid phrasing of the problem and asks whether the response is one of them, so a
 response is correct only if every step parses, uses the right digits and carries, is arithmetically right, and the final
@@ -88,8 +96,8 @@ def math_steps(a, op, b):
     offset. Addition writes the two-digit column sum (`>7+5+0=12`), the column's two digits in either order;
     subtraction writes the two-digit top digit, 1x when it borrows (`>13-5-0=8`), the subtrahend digit and the borrow
     in either order. Each step is a tuple of equivalent phrasings from either_order, `>` first."""
-    steps, carry = [], 0
-    for i in range(max(len(str(a)), len(str(b)))):
+    steps, carry, columns = [], 0, max(len(str(a)), len(str(b)))
+    for i in range(columns):
         x, y = a // 10 ** i % 10, b // 10 ** i % 10
         if op == '+':  # x+y+carry=sum
             s = x + y + carry
@@ -100,7 +108,7 @@ def math_steps(a, op, b):
             r = top - y - carry
             steps.append(either_order(y, carry, lambda u, v: f'{top:02d}-{u}-{v}={r}'))
             carry = int(top > x)
-    return steps, a + b if op == '+' else a - b
+    return steps, str(a + b if op == '+' else a - b).zfill(columns)  # a digit per column: `#### 09`
 
 
 def either_order(p, q, body):
@@ -110,9 +118,10 @@ def either_order(p, q, body):
 
 
 def code_steps(a, expr_b, expr_c, target):
-    """One step per assignment after `a`: name, order marker, value op value=result, every value in a two-digit field
-    so each step has the same width. + and * take either order (`b>04+03=07` or `b<03+04=07`); - only `>`, since its
-    first value is never the smaller (every value is in 0..20)."""
+    """One step per assignment after `a` (b, then c): order marker, value op value=result, every value in a two-digit
+    field so each step has the same width. + and * take either order (`>04+03=07` or `<03+04=07`); - only `>`, since
+    its first value is never the smaller (every value is in 0..20). No names: with them step c's second operand fell
+    into the second block beside its result (see the module docstring)."""
     env, steps = {'a': int(a)}, []
     for name, expr in (('b', expr_b), ('c', expr_c)):
         left, op, right = re.fullmatch(r'([abc\d])([+*-])([abc\d])', expr).groups()
@@ -120,7 +129,7 @@ def code_steps(a, expr_b, expr_c, target):
         env[name] = r = OPS[op](u, v)
         body = lambda p, q: f'{p:02d}{op}{q:02d}={r:02d}'
         texts = either_order(u, v, body) if op in '+*' else ('>' + body(u, v),)
-        steps.append(tuple(name + text for text in texts))
+        steps.append(texts)
     return steps, env[target]
 
 

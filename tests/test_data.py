@@ -45,17 +45,17 @@ def test_math_checker_by_hand():
 
 def test_code_checker_by_hand():
     p = 'a=4;b=a+3;c=b*a;print(c)'
-    assert tasks.check(p, 'b>04+03=07;c>07*04=28;#### 28') == (True, True)
-    assert tasks.check(p, 'b<03+04=07;c<04*07=28;#### 28') == (True, True)
-    assert tasks.check(p, 'b>03+04=07;c>07*04=28;#### 28') == (False, True)  # marker disagrees
-    assert tasks.check(p, 'b>4+3=7;c>7*4=28;#### 28') == (False, True)  # values fill two-digit fields
-    assert tasks.check(p, 'b>04+03=07;c>07*04=29;#### 28') == (False, True)
-    assert tasks.check(p, 'b>04+03=07;c>07*04=28;#### 7') == (False, False)
-    assert tasks.check('a=5;b=a-2;c=b-1;print(b)', 'b<02-05=03;c>03-01=02;#### 3') == (False, True)  # - is ordered
-    assert tasks.check('a=5;b=a-a;c=b+1;print(c)', 'b<05-05=00;c>01+00=01;#### 1') == (False, True)  # even when equal
+    assert tasks.check(p, '>04+03=07;>07*04=28;#### 28') == (True, True)
+    assert tasks.check(p, '<03+04=07;<04*07=28;#### 28') == (True, True)
+    assert tasks.check(p, '>03+04=07;>07*04=28;#### 28') == (False, True)  # marker disagrees
+    assert tasks.check(p, '>4+3=7;>7*4=28;#### 28') == (False, True)  # values fill two-digit fields
+    assert tasks.check(p, '>04+03=07;>07*04=29;#### 28') == (False, True)
+    assert tasks.check(p, '>04+03=07;>07*04=28;#### 7') == (False, False)
+    assert tasks.check('a=5;b=a-2;c=b-1;print(b)', '<02-05=03;>03-01=02;#### 3') == (False, True)  # - is ordered
+    assert tasks.check('a=5;b=a-a;c=b+1;print(c)', '<05-05=00;>01+00=01;#### 1') == (False, True)  # even when equal
     # the marker orders values, not the program's operands: `b=a+9` with a=3 writes 09 first after `>`
-    assert tasks.check('a=3;b=a+9;c=b-5;print(c)', 'b>09+03=12;c>12-05=07;#### 7') == (True, True)
-    assert tasks.check('a=3;b=a+9;c=b-5;print(c)', 'b>03+09=12;c>12-05=07;#### 7') == (False, True)
+    assert tasks.check('a=3;b=a+9;c=b-5;print(c)', '>09+03=12;>12-05=07;#### 7') == (True, True)
+    assert tasks.check('a=3;b=a+9;c=b-5;print(c)', '>03+09=12;>12-05=07;#### 7') == (False, True)
 
 
 def test_render_draws_every_phrasing():
@@ -73,8 +73,8 @@ def test_render_orders_follow_the_habit():
     assert abs(first - 0.5) < 0.03 and abs(kept - tasks.HABIT) < 0.03, (first, kept)
     # a step with one valid order (code's `-` is `>` only) takes it, and the next step follows it
     codes = [tasks.render('a=9;b=a-2;c=b+3;print(c)', rng) for _ in range(1000)]
-    assert all(r[1] == '>' for r in codes)
-    assert abs(sum(r[12] == '>' for r in codes) / 1000 - tasks.HABIT) < 0.04
+    assert all(r[0] == '>' for r in codes)
+    assert abs(sum(r[10] == '>' for r in codes) / 1000 - tasks.HABIT) < 0.04
 
 
 def test_normalize_puts_typed_math_in_columns():
@@ -91,3 +91,20 @@ def test_of_family_keeps_one_family_in_order():
     problems = [('m1', '', 'math'), ('c1', '', 'code'), ('m2', '', 'math'), ('c2', '', 'code')]
     assert tasks.of_family(problems, 'code') == [problems[1], problems[3]]
     assert tasks.of_family(problems, 'math') == [problems[0], problems[2]]
+
+
+def test_every_result_is_written_after_its_operands_block():
+    """The layout rule: a code step's operands end before character 16 (the first block of 16), so its result never
+    shares a block with an operand still to be written; a math answer has one digit per column."""
+    splits = tasks.build_splits()
+    for p, r, fam in splits['test'] + splits['train'][:3000]:
+        if fam == 'code':
+            steps = r.split(';')[:2]
+            assert [len(s) for s in steps] == [9, 9] and r.index('=', 10) == 16, (p, r)  # `>07-04` ends at 15
+        else:
+            columns = len(tasks.solve(p)[0])
+            answer = r.rsplit(' ', 1)[1]
+            assert len(answer) in (columns, columns + 1) and (len(answer) == columns or answer[0] == '1'), (p, r)
+    assert tasks.phrasings('  20-  11=') == ['<10-0-1=9<02-1-1=0 #### 09', '<10-0-1=9>02-1-1=0 #### 09',
+                                             '>10-1-0=9<02-1-1=0 #### 09', '>10-1-0=9>02-1-1=0 #### 09']
+    assert tasks.phrasings('a=4;b=a+3;c=b-a;print(c)') == ['<03+04=07;>07-04=03;#### 3', '>04+03=07;>07-04=03;#### 3']

@@ -322,3 +322,16 @@ def test_compiled_decoding_gives_the_same_tokens():
 def test_compiled_decoding_gives_the_same_tokens_with_inductor():
     """The default backend, as `--compile` runs on a CPU: generated kernels, minutes to compile."""
     compiled_matches_eager('inductor')
+
+
+@pytest.mark.parametrize('attn, use_cache', [('block_causal', True), ('block_causal', False), ('bidirectional', False)])
+def test_each_row_reports_its_own_nfe_in_a_batch(tiny_model, attn, use_cache):
+    """A batch decodes in lockstep, but `nfe` must charge each row only the passes it needed: what the row costs
+    alone. The rows here need 5 to 7 passes (threshold 0.005 over the random model's flat distributions)."""
+    prompt = torch.randint(0, 256, (6, 8), generator=torch.Generator().manual_seed(0))
+    rule = dict(attn=attn, use_cache=use_cache, k=None, threshold=0.005)
+    together = cdlm.generate(tiny_model, prompt, 24, 8, **rule)
+    alone = [cdlm.generate(tiny_model, row[None], 24, 8, **rule) for row in prompt]
+    assert len(set(together['nfe'].tolist())) > 1, f'every row needs as many passes: {together["nfe"].tolist()}'
+    assert together['nfe'].tolist() == [o['nfe'].item() for o in alone], (together['nfe'], [o['nfe'] for o in alone])
+    assert torch.equal(together['x'], torch.cat([o['x'] for o in alone])), 'a row decodes differently in a batch'

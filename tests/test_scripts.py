@@ -113,8 +113,8 @@ def test_help_lists_defaults():
 
 def test_bench_quick_reports_every_row_and_column(tmp_path):
     import json
-    run('bench.py', '--quick', f'--json={tmp_path}/bench.json', '--threads=1', '--batches=1,4', '--timed_problems=8',
-        '--repeats=1', '--scaling=1,2')
+    out = run('bench.py', '--quick', f'--json={tmp_path}/bench.json', '--threads=1', '--batches=1,4',
+              '--timed_problems=8', '--repeats=1', '--scaling=1,2', '--frontier=0.5,0.9').stdout
     res = json.loads((tmp_path / 'bench.json').read_text())
     assert len(res['rows']) == 6 and len(res['sweep']) == 12 and len(res['cache_scaling']) == 2
     for name, row in res['rows'].items():
@@ -129,3 +129,7 @@ def test_bench_quick_reports_every_row_and_column(tmp_path):
     assert [r['batch'] for r in res['ratios']] == [1, 4] and res['peak']['flops'] > 0
     assert res['rows']['student, cached']['match'] is True
     assert res['device'] == 'cpu' and res['torch'] == torch.__version__
+    for curve in ('teacher, threshold', 'student, cached'):  # the frontier: both rules at each tau, both families
+        assert [r['tau'] for r in res['frontier'][curve]] == [0.5, 0.9], res['frontier']
+        assert all(0 <= r['acc_code'] <= 1 and r['nfe_math'] > 0 for r in res['frontier'][curve])
+    assert out.count('mean NFE') == 2 and 'math: strict accuracy against passes' in out
