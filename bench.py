@@ -54,8 +54,8 @@ device = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
 threads = 0  # torch CPU threads, 0 = one per core
 seed = 1337
 config = cdlm.configure(globals(), doc=__doc__, rules={  # --key=value overrides, checked before any work; --help
-    '>0': 'timed_problems repeats', '>=0': 'threads seed', '0..1': 'threshold', 'ints>0': 'batches scaling', 'floats>=0': 'frontier',
-    'folder': 'out_dir', 'file': 'json', 'name': 'teacher_ckpt student_ckpt ar_ckpt', 'device': 'device'})
+    '>0': 'timed_problems repeats', '>=0': 'threads seed', '0..1': 'threshold', 'ints>0': 'batches scaling',
+    'floats>=0': 'frontier', 'folder': 'out_dir', 'file': 'json', 'name': 'teacher_ckpt student_ckpt ar_ckpt', 'device': 'device'})
 # -----------------------------------------------------------------------------
 
 torch.manual_seed(seed)
@@ -117,7 +117,7 @@ rules = {
     'teacher, truncated': None,  # filled in below
     'autoregressive, cached': ('ar', 'causal', dict(use_cache=True)),
 }
-rows, outputs = {}, {}
+rows, outputs, decoded = {}, {}, {}
 t_start = time.perf_counter()
 for name in list(rules):  # accuracy: every test problem, batched
     if name == 'teacher, truncated':  # the same number of passes as the student, spread evenly over the blocks
@@ -125,7 +125,7 @@ for name in list(rules):  # accuracy: every test problem, batched
         k = math.ceil(block_size / budget)
         rules[name] = ('teacher', 'bidirectional', dict(k=k, threshold=None, early_stop=False))
         name_shown = f'teacher, truncated to {math.ceil(block_size / k)} steps/block'
-    res = decode(*rules[name], test)
+    res = decoded[name] = decode(*rules[name], test)
     outputs[name] = res['text']
     f = cdlm.summarize(res, test, gen_len, block_size)
     rows[name] = dict(acc_math=f['math']['acc'], acc_code=f['code']['acc'], answer_acc_math=f['math']['answer_acc'],
@@ -154,14 +154,16 @@ def plot(title, series, width=60):
     return lines + ['      +' + '-' * width, f'       {ticks}{x_hi:g} mean NFE']
 
 
-# the accuracy-NFE frontier: both threshold rules at every tau, on the whole test split
+# the accuracy-NFE frontier: both threshold rules of the table above at every tau, on the whole test split (the
+# table's own decode stands in at tau = threshold)
 taus = sorted(float(t) for t in frontier.split(','))
-curves = {'teacher, threshold': ('teacher', 'bidirectional', dict(k=None)),
-          'student, cached': ('student', 'block_causal', dict(k=None, use_cache=True))}
+curves = {'teacher, threshold': f'teacher, threshold {threshold}', 'student, cached': 'student, cached'}
 front = {name: [] for name in curves}
-for name, (model_name, attn, rule) in curves.items():
+for name, row in curves.items():
+    model_name, attn, rule = rules[row]
     for tau in tqdm(taus, desc=f'frontier: {name}', unit='tau'):
-        f = cdlm.summarize(decode(model_name, attn, dict(rule, threshold=tau), test), test, gen_len, block_size)
+        res = decoded[row] if tau == threshold else decode(model_name, attn, dict(rule, threshold=tau), test)
+        f = cdlm.summarize(res, test, gen_len, block_size)
         front[name].append(dict(tau=tau, **{f'{k}_{fam}': f[fam][k] for fam in f for k in ('acc', 'nfe')}))
 print('\n| tau | teacher math acc / NFE | student math acc / NFE | teacher code acc / NFE | student code acc / NFE |')
 print('|---|---|---|---|---|')
