@@ -36,7 +36,8 @@ def test_attention_mask_needs_explicit_sizes():
 
 @pytest.mark.parametrize('T,P,B', [(9, 3, 2), (8, 0, 3), (6, 6, 4), (10, 1, 4)])
 def test_attention_mask_matches_the_formula_entry_by_entry(T, P, B):
-    """METHOD.md §3 written out with Python ints: allow(q, k) = k < P or (q >= P and k >= P and blk(k) <= blk(q)).
+    """The README's block-causal rule written out with Python ints:
+    allow(q, k) = k < P or (q >= P and k >= P and blk(k) <= blk(q)).
     The sizes include no prompt, no response, and a last block cut short."""
     def blk(i):
         return (i - P) // B

@@ -26,6 +26,7 @@ def teacher_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_train_teacher_writes_a_checkpoint_and_resumes(teacher_dir):
     ckpt = torch.load(teacher_dir / 'teacher.pt', weights_only=True)
     assert ckpt['kind'] == 'teacher' and ckpt['iter_num'] == 6 and ckpt['config']['n_layer'] == 1
@@ -47,6 +48,7 @@ def test_sample_shows_the_denoising(teacher_dir):
             assert line[col] != '░' and prev[col] == '░', (prev, line, lines[i + 1])
 
 
+@pytest.mark.slow
 def test_distill_end_to_end(teacher_dir):
     args = [f'--out_dir={teacher_dir}', '--n_traj=16', '--traj_batch=8', '--max_iters=4', '--eval_interval=2',
             '--eval_problems=2', '--batch_size=4', '--test_problems=2', '--latency_problems=1', '--threads=1']
@@ -69,6 +71,7 @@ def test_distill_end_to_end(teacher_dir):
         'iter_num'] == 2
 
 
+@pytest.mark.slow
 def test_distill_finishes_an_interrupted_teacher(teacher_dir, tmp_path):
     ckpt = torch.load(teacher_dir / 'teacher.pt', weights_only=True)
     ckpt['iter_num'], ckpt['config']['max_iters'] = 3, 6  # as if Ctrl-C had stopped a 6-step run halfway
@@ -81,15 +84,18 @@ def test_distill_finishes_an_interrupted_teacher(teacher_dir, tmp_path):
     assert torch.load(tmp_path / 'teacher.pt', weights_only=True)['iter_num'] == 6
 
 
+SLOW = pytest.mark.slow  # a few seconds each for starting Python and torch; tests/test_bad_input.py covers every key
+
+
 @pytest.mark.parametrize('script,args,message', [
     ('train_teacher.py', ['--nope=1'], "unknown config key 'nope'; valid keys: out_dir"),
-    ('train_teacher.py', ['--max_iters=ten'], '--max_iters=ten: expected a int'),
-    ('train_teacher.py', ['--gen_len=50'], 'not a multiple of block_size'),
-    ('train_teacher.py', ['--block_size=0'], '--block_size=0: must be > 0'),
-    ('distill.py', ['--topk=0'], '--topk=0: must be in 1..257'),
+    pytest.param('train_teacher.py', ['--max_iters=ten'], '--max_iters=ten: expected a int', marks=SLOW),
+    pytest.param('train_teacher.py', ['--gen_len=50'], 'not a multiple of block_size', marks=SLOW),
+    pytest.param('train_teacher.py', ['--block_size=0'], '--block_size=0: must be > 0', marks=SLOW),
+    pytest.param('distill.py', ['--topk=0'], '--topk=0: must be in 1..257', marks=SLOW),
     ('sample.py', ['--ckpt=/nonexistent/teacher.pt'], 'create it with `python distill.py`'),
-    ('sample.py', [f'--ckpt={ROOT}/README.md'], 'is unreadable'),
-    ('bench.py', ['--quick', '--repeats=0'], '--repeats=0: must be > 0'),
+    pytest.param('sample.py', [f'--ckpt={ROOT}/README.md'], 'is unreadable', marks=SLOW),
+    pytest.param('bench.py', ['--quick', '--repeats=0'], '--repeats=0: must be > 0', marks=SLOW),
 ])
 def test_bad_input_is_one_line(script, args, message):
     """As a user meets it, in a process of its own: exit status 1 and one `error:` line (tests/test_bad_input.py
@@ -111,6 +117,7 @@ def test_help_lists_defaults():
     assert '--w_cons=0.5' in res.stdout and '--block_size=16' in res.stdout
 
 
+@pytest.mark.slow
 def test_bench_quick_reports_every_row_and_column(tmp_path):
     import json
     out = run('bench.py', '--quick', f'--json={tmp_path}/bench.json', '--threads=1', '--batches=1,4',
