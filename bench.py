@@ -43,6 +43,7 @@ student_ckpt = 'student.pt'  # from distill.py
 ar_ckpt = 'ar.pt'  # trained here when missing
 threshold = 0.9  # tau for threshold decoding
 frontier = '0.5,0.7,0.8,0.9,0.95,0.99'  # the thresholds of the accuracy-NFE frontier
+fix_below = 0.1  # correction re-masks every character the teacher finds less likely than this (sample.py --correct)
 timed_problems = 128  # math test problems every row decodes at every batch size (a multiple of the largest batch)
 batches = '1,8,32,128'  # batch sizes of the throughput sweep; batch 1, the latency of one request, always runs
 repeats = 3  # timed rounds, each timing every row at every batch size in turn; the median is reported
@@ -54,7 +55,7 @@ device = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
 threads = 0  # torch CPU threads, 0 = one per core
 seed = 1337
 config = cdlm.configure(globals(), doc=__doc__, rules={  # --key=value overrides, checked before any work; --help
-    '>0': 'timed_problems repeats', '>=0': 'threads seed', '0..1': 'threshold', 'ints>0': 'batches scaling',
+    '>0': 'timed_problems repeats', '>=0': 'threads seed', '0..1': 'threshold fix_below', 'ints>0': 'batches scaling',
     'floats>=0': 'frontier', 'folder': 'out_dir', 'file': 'json', 'name': 'teacher_ckpt student_ckpt ar_ckpt', 'device': 'device'})
 # -----------------------------------------------------------------------------
 
@@ -183,6 +184,72 @@ for fam in ('math', 'code'):
                   '(as few passes or fewer, more accuracy)')
 
 
+# what only a bidirectional model can do, on the reference responses of the test split: fill in masked characters
+# with the rest given, and correct changed characters (README, Infilling and correction)
+enc = cdlm.get_tokenizer()
+ref = torch.tensor([cdlm.encode_example(enc, p, r, prompt_len, gen_len) for p, r, _ in test], device=device)
+col = torch.arange(gen_len, device=device)
+n_text = torch.tensor([len(r) for _, r, _ in test], device=device)[:, None]  # (N, 1) characters of each response
+n_cot = torch.tensor([r.index('####') for _, r, _ in test], device=device)[:, None]  # the answer starts here
+alphabet = torch.tensor(enc.encode_ordinary('0123456789+-*<>=;# '), device=device)  # every character of a response
+g = torch.Generator(device).manual_seed(seed)
+
+
+def refill(name, attn, canvas, rule, fix=False):
+    """Decode the masked positions of each canvas (N, L) with the rest given, or with fix=True correct each response
+    (cdlm.correct). Returns the strict verdicts, the passes per row (correction's scoring pass included) and the
+    final responses (N, L)."""
+    xs, nfe = [], []
+    for i in range(0, len(test), 100):
+        prompt = ref[i:i + 100, :prompt_len]
+        if fix:
+            out = cdlm.correct(models[name], torch.cat([prompt, canvas[i:i + 100]], 1), prompt_len, block_size,
+                               fix_below, **rule)
+        else:
+            out = cdlm.generate(models[name], prompt, gen_len, block_size, attn=attn, canvas=canvas[i:i + 100], **rule)
+        xs.append(out['x'][:, prompt_len:])
+        nfe += (out['nfe'] + fix).tolist()
+    x = torch.cat(xs)
+    strict = [cdlm.tasks.check(p, cdlm.decode_response(enc, row))[0] for (p, _, _), row in zip(test, x)]
+    return strict, nfe, x
+
+
+def mean(v):
+    return sum(v) / len(v)
+
+
+bidir = {'teacher': {}, 'student, cached': {}}
+teacher_rule, student_rule = rules[f'teacher, threshold {threshold}'][2], rules['student, cached'][2]
+for task, hide in (('chain of thought given the answer', col[None] < n_cot),
+                   ('answer given the chain of thought', (col[None] >= n_cot) & (col[None] < n_text))):
+    for name, attn, rule in (('teacher', 'bidirectional', teacher_rule), ('student', 'block_causal', student_rule)):
+        if name == 'student' and task.startswith('chain'):
+            continue  # a block-causal model decodes the chain of thought without seeing the answer after it
+        strict, nfe, _ = refill(name, attn, ref[:, prompt_len:].masked_fill(hide, cdlm.MASK_ID), rule)
+        bidir['teacher' if name == 'teacher' else 'student, cached'][f'infill {task}'] = dict(
+            acc=mean(strict), nfe=mean(nfe))
+for n in (0, 1, 2, 4):  # correction: n random characters of each response changed to other response characters
+    score = torch.rand(ref.shape[0], gen_len, generator=g, device=device).masked_fill(col[None] >= n_text, -1)
+    changed = torch.zeros_like(score, dtype=torch.bool).scatter_(1, score.topk(max(n, 1), -1).indices, n > 0)
+    index = (ref[:, prompt_len:, None] == alphabet).int().argmax(-1)  # each character's place in the alphabet
+    shift = torch.randint(1, len(alphabet), score.shape, generator=g, device=device)  # never the same character
+    given = torch.where(changed, alphabet[(index + shift) % len(alphabet)], ref[:, prompt_len:])
+    strict, nfe, x = refill('teacher', 'bidirectional', given, teacher_rule, fix=True)
+    kept = ~changed & (col[None] < n_text)  # the characters that were right before correction
+    bidir['teacher'][f'correct {n} changed'] = dict(
+        restored=mean(strict), wrong=1 - mean(strict), harm=((x != given) & kept).sum().item() / kept.sum().item(),
+        nfe=mean(nfe))
+print('\n| infilling and correction (test split) | teacher | student, cached |\n|---|---|---|')
+for task in ('chain of thought given the answer', 'answer given the chain of thought'):
+    cells = [f'{r["acc"]:.1%} strict, {r["nfe"]:.2f} passes' if (r := bidir[m].get(f'infill {task}')) else
+             'cannot: its blocks never see the answer after them' for m in ('teacher', 'student, cached')]
+    print(f'| infill the {task} | ' + ' | '.join(cells) + ' |')
+for n in (0, 1, 2, 4):
+    r = bidir['teacher'][f'correct {n} changed']
+    print(f'| correct {n} changed characters | {r["restored"]:.1%} valid after, {r["harm"]:.2%} of right characters '
+          f'changed, {r["nfe"]:.2f} passes | cannot: a position is scored without the blocks after it |')
+
+
 def count_passes(model_name, attn, rule, batch_size):
     """Decode the timed problems once with a hook on the eager model that records every forward pass as
     (rows, new tokens, keys attended): the passes actually run, lockstep included, for the FLOP and byte counts."""
@@ -235,7 +302,7 @@ def measure_peak():
 # the sweep: one untimed pass per row and batch size counts the passes (and warms up, or compiles), then `repeats`
 # rounds time every row at every batch size in turn, so a slow spell of the machine hits all rows alike
 peak_flops, peak_bw = measure_peak()
-enc, shape, t_warm = cdlm.get_tokenizer(), {}, time.perf_counter()
+shape, t_warm = {}, time.perf_counter()
 for b in batch_sizes:
     for name, rule in rules.items():
         passes, res = count_passes(*rule, b)
@@ -312,8 +379,8 @@ for r in scaling_rows:
     print(f'| {r["gen_len"]} | {r["uncached_s"] * 1000:.1f} ms | {r["cached_s"] * 1000:.1f} ms | {r["speedup"]:.2f}x |')
 
 device_name = torch.cuda.get_device_name() if device.startswith('cuda') else platform.processor()
-result = dict(device=device, device_name=device_name,
-              torch=torch.__version__, config=config, rows=rows, frontier=front, sweep=sweep, ratios=ratios,
+result = dict(device=device, device_name=device_name, torch=torch.__version__, config=config, rows=rows,
+              frontier=front, bidirectional=bidir, sweep=sweep, ratios=ratios,
               peak=dict(flops=peak_flops, bytes_per_s=peak_bw), warmup_s=warmup_s, cache_scaling=scaling_rows)
 out = os.path.join(here, json)
 os.makedirs(os.path.dirname(out), exist_ok=True)

@@ -333,7 +333,7 @@ def choose_positions(conf, todo, k=None, threshold=None):
 
 @torch.no_grad()
 def generate(model, prompt, gen_len, block_size, attn='bidirectional', use_cache=False, k=1, threshold=None,
-             temperature=0.0, early_stop=True, generator=None, record_topk=0, on_step=None):
+             temperature=0.0, early_stop=True, generator=None, record_topk=0, on_step=None, canvas=None):
     """Semi-autoregressive masked-diffusion decoding over blocks (LLaDA, arXiv 2502.09992; CDLM; README, Decoding).
 
     Args:
@@ -351,6 +351,8 @@ def generate(model, prompt, gen_len, block_size, attn='bidirectional', use_cache
         record_topk: if > 0, also return each position's top-k log-probs at the step it was finalized (trajectories).
         on_step: optional callback(x, start, pick, logits) after each step, for animations and tests: the canvas,
             where the current block starts in it, the positions finalized in the block and the block's logits.
+        canvas: optional (B, L) response to start from (infilling): MASK_ID where to decode, any other token is given
+            and never changed. A block with nothing masked takes no pass. Default: all masks.
     Returns a dict: x (B, P+L) final tokens, nfe (B,) forward passes each row needed (what it would cost at batch 1),
         step_of (B, L) the step at which each position was finalized, and top_idx / top_logp (B, L, record_topk).
     """
@@ -364,7 +366,7 @@ def generate(model, prompt, gen_len, block_size, attn='bidirectional', use_cache
         raise ValueError('an exact KV cache needs the block_causal mask')
     if record_topk and early_stop:  # EOS filled in by early stop has no teacher distribution to record
         raise ValueError('record_topk needs early_stop=False: a trajectory finalizes one token per step')
-    x = torch.cat([prompt, torch.full((B, gen_len), MASK_ID, device=dev)], dim=1)
+    x = torch.cat([prompt, torch.full((B, gen_len), MASK_ID, device=dev) if canvas is None else canvas], dim=1)
     attn_mask = None if attn == 'bidirectional' else attention_mask(attn, T, P, block_size, device=dev)
     cache = KVCache(model, B, T, dev) if use_cache else None
     nfe = torch.zeros(B, dtype=torch.long, device=dev)
@@ -438,6 +440,40 @@ def generate_ar(model, prompt, gen_len, use_cache=True, early_stop=True):
         if early_stop and done.all():
             break
     return dict(x=x, nfe=nfe)
+
+
+@torch.no_grad()
+def token_probs(model, x, prompt_len, rows_per_pass=2048):
+    """How likely the model finds each response token given every other token: position i is hidden alone and the
+    model's probability of the token that was there is read back. x (B, T) with no masks -> (B, L) float.
+    Meant for a bidirectional model (the teacher): it scores a position from both sides, as no autoregressive model
+    can. B*L rows, in forward passes of up to rows_per_pass rows."""
+    B, T = x.shape
+    L = T - prompt_len
+    rows = x.repeat_interleave(L, 0)  # (B*L, T): row b*L + i hides response position i of row b
+    pos = prompt_len + torch.arange(L, device=x.device).repeat(B)
+    tok = rows[torch.arange(B * L), pos]
+    rows[torch.arange(B * L), pos] = MASK_ID
+    prob = []
+    for j in range(0, B * L, rows_per_pass):
+        logits = model(rows[j:j + rows_per_pass]).float()  # (n, T, V-1)
+        at = logits[torch.arange(len(logits)), pos[j:j + rows_per_pass]]  # (n, V-1) at each row's hidden position
+        prob.append(at.softmax(-1).gather(-1, tok[j:j + rows_per_pass, None]).squeeze(-1))
+    return torch.cat(prob).view(B, L)
+
+
+def correct(model, x, prompt_len, block_size, below=0.1, **decode_kw):
+    """Correction with a bidirectional model: re-mask every response token whose probability given all the others
+    (token_probs) is under `below`, then decode those positions again with the rest given (infilling, generate's
+    canvas). x (B, T) prompt and response. Returns generate's dict plus prob (B, L) and remasked (B, L) bool.
+    NOTE: one round, and tokens the model finds likely are never touched, so a response it already believes
+    (every token at `below` or more) comes back unchanged."""
+    prob = token_probs(model, x, prompt_len)
+    remasked = prob < below
+    canvas = x[:, prompt_len:].masked_fill(remasked, MASK_ID)
+    out = generate(model, x[:, :prompt_len], x.shape[1] - prompt_len, block_size, canvas=canvas, early_stop=False,
+                   **decode_kw)
+    return dict(out, prob=prob, remasked=remasked)
 
 
 # -----------------------------------------------------------------------------

@@ -150,6 +150,30 @@ def normalize(prompt):
     return prompt
 
 
+def covers(prompt):
+    """'' when the corpus could hold this prompt (after normalize), else what lies outside it. The corpus covers sums
+    and differences of two numbers of 2-4 digits with a result >= 0, and the code family's programs with a in 2..9
+    and every value in 0..20. A model may still decode anything else, but it never learned it.
+    >>> covers('12345+1=')
+    'operands of 2-4 digits only (got 12345 and 1)'
+    """
+    if m := re.fullmatch(r' *(\d+)([+-]) *(\d+)=', prompt):
+        a, op, b = int(m[1]), m[2], int(m[3])
+        if not all(2 <= len(d) <= 4 and d[0] != '0' for d in (m[1], m[3])):
+            return f'operands of 2-4 digits only (got {m[1]} and {m[3]})'
+        return 'results >= 0 only' if op == '-' and a < b else ''
+    if re.fullmatch(r'a=\d;b=[abc\d][+*-][abc\d];c=[abc\d][+*-][abc\d];print\([bc]\)', prompt):
+        env = {'a': int(prompt[2])}
+        for name, left, op, right in re.findall(r'([bc])=([abc\d])([+*-])([abc\d])', prompt):
+            if not all(t in env or t.isdigit() for t in (left, right)):
+                return f'{name} uses a variable not yet assigned'
+            env[name] = OPS[op](*(env[t] if t in env else int(t) for t in (left, right)))
+        if not (2 <= env['a'] <= 9 and all(0 <= v <= 20 for v in env.values())):
+            return f'values a in 2..9 and all in 0..20 only (got {env})'
+        return ''
+    return 'not a math prompt (`347+285=`) or a program like `a=4;b=a+3;c=b-a;print(c)`'
+
+
 def check(prompt, response):
     """(strict, answer_only): strict = the whole response is a valid phrasing; answer_only = `#### N` is right."""
     valid = phrasings(prompt)

@@ -49,7 +49,7 @@ BAD = {  # script: [(arguments, what the error line must say)]; {out} is the fol
     'sample.py': [
         ('--num_problems=0', '> 0'), ('--threshold=2', 'in 0..1'), ('--k=-1', '>= 0'), ('--block_size=-16', '>= 0'),
         ('--temperature=-1', '>= 0'), ('--delay=-1', '>= 0'), ('--seed=-1', '>= 0'), ('--device=gpu', "use 'auto'"),
-        ('--ckpt={out}/cut/teacher.pt', 'unreadable'), ('--ckpt={out}/text/teacher.pt', 'unreadable'),
+        ('--fix_below=1.5', 'in 0..1'), ('--ckpt={out}/cut/teacher.pt', 'unreadable'), ('--ckpt={out}/text/teacher.pt', 'unreadable'),
         ('--ckpt={out}/tokenizer/teacher.pt', 'made with tokenizer'), ('--ckpt={out}/ok/ar.pt', "kind 'ar'"),
         ('--ckpt={out}/shape/teacher.pt', 'do not fit its model_args'),
         ('--ckpt={out}/notckpt/teacher.pt', 'not a cdlm checkpoint'), ('--ckpt={out}/ok', 'is a folder'),
@@ -58,7 +58,7 @@ BAD = {  # script: [(arguments, what the error line must say)]; {out} is the fol
     'bench.py': [
         ('--timed_problems=0', '> 0'), ('--repeats=0', '> 0'), ('--batches=1,0', 'integers > 0'),
         ('--batches=a', '> 0'), ('--ar_ckpt=', 'expected a file name'),
-        ('--threshold=1.1', 'in 0..1'), ('--threads=-1', '>= 0'), ('--seed=-1', '>= 0'), ('--quick --repeats=0', '> 0'),
+        ('--threshold=1.1', 'in 0..1'), ('--fix_below=-0.1', 'in 0..1'), ('--threads=-1', '>= 0'), ('--seed=-1', '>= 0'), ('--quick --repeats=0', '> 0'),
         ('--quick --scaling=a', 'comma-separated integers'), ('--scaling=1,0', 'comma-separated integers'),
         ('--device=gpu', "use 'auto'"), ('--json={out}/afile/b.json', 'not a folder'), ('--json={out}', 'not a file'),
         ('--out_dir={out}/cut', 'unreadable'), ('--out_dir={out}/kind', "kind 'student', not 'teacher'"),

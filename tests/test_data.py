@@ -108,3 +108,12 @@ def test_every_result_is_written_after_its_operands_block():
     assert tasks.phrasings('  20-  11=') == ['<10-0-1=9<02-1-1=0 #### 09', '<10-0-1=9>02-1-1=0 #### 09',
                                              '>10-1-0=9<02-1-1=0 #### 09', '>10-1-0=9>02-1-1=0 #### 09']
     assert tasks.phrasings('a=4;b=a+3;c=b-a;print(c)') == ['<03+04=07;>07-04=03;#### 3', '>04+03=07;>07-04=03;#### 3']
+
+
+def test_covers_names_what_lies_outside_the_corpus():
+    """Every corpus prompt is covered; the prompts a new user tries first are not, each with its reason."""
+    assert not [p for split in tasks.build_splits().values() for p, _, _ in split if tasks.covers(p)]
+    assert tasks.covers(tasks.normalize('347+285=')) == '' and tasks.covers('a=4;b=a+3;c=b-a;print(c)') == ''
+    assert '2-4 digits' in tasks.covers(tasks.normalize('12345+1=')) and '2-4 digits' in tasks.covers('   5-   9=')
+    assert 'results >= 0' in tasks.covers(tasks.normalize('59-90='))
+    assert 'not a math prompt' in tasks.covers('hello') and '0..20' in tasks.covers('a=9;b=a*9;c=b-a;print(c)')

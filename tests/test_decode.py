@@ -342,3 +342,54 @@ def test_each_row_reports_its_own_nfe_in_a_batch(tiny_model, attn, use_cache):
     assert together['nfe'].tolist() == [o['nfe'].item() for o in alone], (together['nfe'], [o['nfe'] for o in alone])
     assert torch.equal(together['x'], torch.cat([o['x'] for o in alone])), 'a row decodes differently in a batch'
 
+
+@pytest.mark.parametrize('attn, use_cache', [('bidirectional', False), ('block_causal', True), ('block_causal', False)])
+def test_infilling_never_changes_a_given_position(tiny_model, attn, use_cache):
+    """generate's canvas: only MASK_ID positions are decoded, every other token comes back as given, and a block with
+    nothing masked costs no pass (here block 1 of 3 is given whole)."""
+    g = torch.Generator().manual_seed(0)
+    prompt, given = torch.randint(0, 256, (3, 8), generator=g), torch.randint(0, 256, (3, 24), generator=g)
+    hide = torch.rand(3, 24, generator=g) < 0.5
+    hide[:, 8:16] = False
+    out = cdlm.generate(tiny_model, prompt, 24, 8, attn=attn, use_cache=use_cache, k=1, threshold=None,
+                        early_stop=False, canvas=given.masked_fill(hide, cdlm.MASK_ID))
+    resp = out['x'][:, 8:]
+    assert torch.equal(resp[~hide], given[~hide]) and (resp != cdlm.MASK_ID).all()
+    assert out['nfe'].tolist() == hide.sum(-1).tolist(), 'one token per step: one pass per hidden position'
+    assert torch.equal(out['x'][:, :8], prompt)
+
+
+class TableModel(torch.nn.Module):
+    """A stand-in model for the re-masking rule: whatever it is shown, position i gets the distribution probs[i]
+    (T, V-1). It records the rows it was shown."""
+
+    def __init__(self, probs):
+        super().__init__()
+        self.probs, self.args, self.seen = probs, dict(seq_len=probs.shape[0]), []
+
+    def forward(self, idx, attn_mask=None, cache=None, commit=0):
+        self.seen.append(idx.clone())
+        return self.probs.log()[None, :idx.shape[1]].expand(idx.shape[0], -1, -1)
+
+
+def test_correction_by_hand():
+    """P=2, L=3, the response [5, 6, 7]. The model gives token 5 at position 0 probability 0.7, token 6 at position 1
+    0.05 (token 9: 0.9), token 7 at position 2 0.2 (token 8: 0.75). token_probs scores each position in a row of
+    its own with that position alone masked: [0.7, 0.05, 0.2]. Under below=0.1 only position 1 is re-masked and
+    decoded again (to 9); under 0.25 positions 1 and 2 are (to 9 and 8); under 0.01 nothing is, and nothing changes."""
+    V = cdlm.VOCAB_SIZE - 1
+    probs, given = torch.full((5, V), 1 / V, dtype=torch.float64), torch.zeros(5, V, dtype=torch.bool)
+    for pos, tok, p in [(2, 5, 0.7), (3, 6, 0.05), (3, 9, 0.9), (4, 7, 0.2), (4, 8, 0.75)]:
+        probs[pos, tok], given[pos, tok] = p, True
+    rest = (1 - (probs * given).sum(-1, keepdim=True)) / (~given).sum(-1, keepdim=True)  # the rest spread evenly
+    probs = torch.where(given, probs, rest)
+    x = torch.tensor([[1, 2, 5, 6, 7]])
+    model = TableModel(probs)
+    got = cdlm.token_probs(model, x, 2)
+    assert torch.allclose(got, torch.tensor([[0.7, 0.05, 0.2]], dtype=got.dtype), atol=1e-4), got
+    rows = model.seen[0]  # three rows, each hiding exactly its own position
+    assert torch.equal(rows == cdlm.MASK_ID, torch.tensor([[0, 0, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 0, 1]]).bool())
+    for below, want, remasked in [(0.1, [5, 9, 7], [0, 1, 0]), (0.25, [5, 9, 8], [0, 1, 1]),
+                                  (0.01, [5, 6, 7], [0, 0, 0])]:
+        out = cdlm.correct(TableModel(probs), x, 2, 3, below, k=None, threshold=0.5)
+        assert out['x'][0, 2:].tolist() == want and out['remasked'][0].int().tolist() == remasked, (below, out['x'])

@@ -105,6 +105,26 @@ def test_bad_input_is_one_line(script, args, message):
     assert message in res.stderr, res.stderr
 
 
+@pytest.mark.slow
+def test_sample_fills_corrects_and_names_prompts_outside_the_corpus(teacher_dir):
+    ckpt, prompt = f'--ckpt={teacher_dir}/teacher.pt', '--prompt=12+34='
+    ref = cdlm.tasks.phrasings('  12+  34=')[0]  # 26 characters, the answer ` #### 46` last
+    res = run('sample.py', ckpt, prompt, '--fill=' + '_' * 18 + ref[18:])
+    assert 'template  ' + '_' * 18 + ' #### 46' in res.stdout
+    assert res.stdout.split(' -> ')[1].split('\n')[0].endswith(' #### 46'), res.stdout  # given positions are kept
+    changed = ref[:5] + ('1' if ref[5] != '1' else '2') + ref[6:]
+    res = run('sample.py', ckpt, prompt, f'--correct={changed}')
+    assert f'given     {changed}' in res.stdout and 're-masked' in res.stdout and 'changed   ' in res.stdout
+    for args, message in [(['--fill=' + '_' * 10], 'every response to'), (['--fill=_é_'], 'not one'),
+                          ([f'--correct={ref}', '--fill=__'], 'not both')]:
+        res = run('sample.py', ckpt, prompt, *args, ok=False)
+        assert res.stderr.startswith('error: ') and res.stderr.count('\n') == 1 and message in res.stderr, res.stderr
+    res = run('sample.py', ckpt, '--fill=__', ok=False)
+    assert 'need the --prompt' in res.stderr
+    res = run('sample.py', ckpt, '--prompt=hello', '--k=8')
+    assert 'note: this prompt lies outside the corpus (not a math prompt' in res.stdout and 'no checker' in res.stdout
+
+
 def test_bad_input_with_a_checkpoint(teacher_dir):
     res = run('sample.py', f'--ckpt={teacher_dir}/teacher.pt', '--prompt=' + '1' * 30 + '+1=', ok=False)
     assert 'longer than' in res.stderr and 'Traceback' not in res.stderr
@@ -140,3 +160,7 @@ def test_bench_quick_reports_every_row_and_column(tmp_path):
         assert [r['tau'] for r in res['frontier'][curve]] == [0.5, 0.9], res['frontier']
         assert all(0 <= r['acc_code'] <= 1 and r['nfe_math'] > 0 for r in res['frontier'][curve])
     assert out.count('mean NFE') == 2 and 'math: strict accuracy against passes' in out
+    bidir = res['bidirectional']  # infilling for both models where the mask allows, correction for the teacher
+    assert set(bidir['student, cached']) == {'infill answer given the chain of thought'}, bidir
+    assert {'infill chain of thought given the answer', 'correct 0 changed', 'correct 4 changed'} <= set(bidir['teacher'])
+    assert all(0 <= r['restored'] <= 1 and 0 <= r['harm'] <= 1 for k, r in bidir['teacher'].items() if 'correct' in k)
