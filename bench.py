@@ -197,7 +197,7 @@ g = torch.Generator(device).manual_seed(seed)
 
 def refill(name, attn, canvas, rule, fix=False):
     """Decode the masked positions of each canvas (N, L) with the rest given, or with fix=True correct each response
-    (cdlm.correct). Returns the strict verdicts, the passes per row (correction's scoring pass included) and the
+    (cdlm.correct). Returns the strict verdicts, the passes per row (with correction's scoring pass) and the
     final responses (N, L)."""
     xs, nfe = [], []
     for i in range(0, len(test), 100):
@@ -208,7 +208,7 @@ def refill(name, attn, canvas, rule, fix=False):
         else:
             out = cdlm.generate(models[name], prompt, gen_len, block_size, attn=attn, canvas=canvas[i:i + 100], **rule)
         xs.append(out['x'][:, prompt_len:])
-        nfe += (out['nfe'] + fix).tolist()
+        nfe += out['nfe'].tolist()
     x = torch.cat(xs)
     strict = [cdlm.tasks.check(p, cdlm.decode_response(enc, row))[0] for (p, _, _), row in zip(test, x)]
     return strict, nfe, x
@@ -228,10 +228,10 @@ for task, hide in (('chain of thought given the answer', col[None] < n_cot),
         strict, nfe, _ = refill(name, attn, ref[:, prompt_len:].masked_fill(hide, cdlm.MASK_ID), rule)
         bidir['teacher' if name == 'teacher' else 'student, cached'][f'infill {task}'] = dict(
             acc=mean(strict), nfe=mean(nfe))
+index = (ref[:, prompt_len:, None] == alphabet).int().argmax(-1)  # each response character's place in the alphabet
 for n in (0, 1, 2, 4):  # correction: n random characters of each response changed to other response characters
     score = torch.rand(ref.shape[0], gen_len, generator=g, device=device).masked_fill(col[None] >= n_text, -1)
     changed = torch.zeros_like(score, dtype=torch.bool).scatter_(1, score.topk(max(n, 1), -1).indices, n > 0)
-    index = (ref[:, prompt_len:, None] == alphabet).int().argmax(-1)  # each character's place in the alphabet
     shift = torch.randint(1, len(alphabet), score.shape, generator=g, device=device)  # never the same character
     given = torch.where(changed, alphabet[(index + shift) % len(alphabet)], ref[:, prompt_len:])
     strict, nfe, x = refill('teacher', 'bidirectional', given, teacher_rule, fix=True)

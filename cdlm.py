@@ -465,7 +465,8 @@ def token_probs(model, x, prompt_len, rows_per_pass=2048):
 def correct(model, x, prompt_len, block_size, below=0.1, **decode_kw):
     """Correction with a bidirectional model: re-mask every response token whose probability given all the others
     (token_probs) is under `below`, then decode those positions again with the rest given (infilling, generate's
-    canvas). x (B, T) prompt and response. Returns generate's dict plus prob (B, L) and remasked (B, L) bool.
+    canvas). x (B, T) prompt and response. Returns generate's dict, its nfe counting the scoring pass too, plus
+    prob (B, L) and remasked (B, L) bool.
     NOTE: one round, and tokens the model finds likely are never touched, so a response it already believes
     (every token at `below` or more) comes back unchanged."""
     prob = token_probs(model, x, prompt_len)
@@ -473,7 +474,7 @@ def correct(model, x, prompt_len, block_size, below=0.1, **decode_kw):
     canvas = x[:, prompt_len:].masked_fill(remasked, MASK_ID)
     out = generate(model, x[:, :prompt_len], x.shape[1] - prompt_len, block_size, canvas=canvas, early_stop=False,
                    **decode_kw)
-    return dict(out, prob=prob, remasked=remasked)
+    return dict(out, nfe=out['nfe'] + 1, prob=prob, remasked=remasked)
 
 
 # -----------------------------------------------------------------------------

@@ -72,10 +72,11 @@ print(f'{kind} from {ckpt} (iter {meta["iter_num"]}), block_size {block_size}, c
       + (f'{k} tokens per step' if k > 0 else f'threshold {threshold}'))
 
 enc = cdlm.get_tokenizer()
+outside = ''  # why a --prompt lies outside the corpus ('' when it does not)
 if prompt:
     problems = [(cdlm.tasks.normalize(prompt), None, None)]
-    if why := cdlm.tasks.covers(problems[0][0]):
-        print(f'note: this prompt lies outside the corpus ({why}). The corpus covers sums and differences of two '
+    if outside := cdlm.tasks.covers(problems[0][0]):
+        print(f'note: this prompt lies outside the corpus ({outside}). The corpus covers sums and differences of two '
               'numbers of 2-4 digits with a result >= 0, and programs like a=4;b=a+3;c=b-a;print(c) with every value '
               'in 0..20 (data/tasks.py). Decoding it anyway.')
 else:
@@ -128,7 +129,7 @@ def response_canvas(text, what):
         ids += tok
     if len(ids) > gen_len:
         cdlm.fail(f'--{what} has {len(ids)} characters; this model writes responses of at most {gen_len}')
-    if not cdlm.tasks.covers(problems[0][0]) and len(ids) != (n := len(cdlm.tasks.phrasings(problems[0][0])[0])):
+    if not outside and len(ids) != (n := len(cdlm.tasks.phrasings(problems[0][0])[0])):
         cdlm.fail(f'--{what} has {len(ids)} characters; every response to {problems[0][0].strip()!r} has {n}')
     return torch.tensor([ids + [cdlm.EOS_ID] * (gen_len - len(ids))], device=device)
 
@@ -154,7 +155,7 @@ for p, _, family in problems:
     if show and tty:
         print()
     text = cdlm.decode_response(enc, out['x'][0, prompt_len:])
-    nfe = out['nfe'][0].item() + bool(correct)  # correction's scoring pass counts too
+    nfe = out['nfe'][0].item()  # with --correct, the scoring pass included
     if bidirectional:  # only the masked or re-masked positions were decoded
         n_tokens = ((canvas == cdlm.MASK_ID) if fill else out['remasked']).sum().item()
     else:

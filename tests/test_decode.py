@@ -393,3 +393,4 @@ def test_correction_by_hand():
                                   (0.01, [5, 6, 7], [0, 0, 0])]:
         out = cdlm.correct(TableModel(probs), x, 2, 3, below, k=None, threshold=0.5)
         assert out['x'][0, 2:].tolist() == want and out['remasked'][0].int().tolist() == remasked, (below, out['x'])
+        assert out['nfe'].tolist() == [1 + any(remasked)], 'the scoring pass, then one pass for the re-masked block'
