@@ -67,14 +67,14 @@ path = {name: os.path.join(here, out_dir, f) for name, f in
         (('teacher', teacher_ckpt), ('student', student_ckpt), ('ar', ar_ckpt))}
 
 if quick:  # shapes of the real thing, random weights: accuracy is meaningless, timings and plumbing are not
-    prompt_len, gen_len, block_size = 24, 48, 16
+    prompt_len, gen_len, block_size, corpus = 24, 48, 16, 'full'
     models = {k: cdlm.Transformer(seq_len=prompt_len + gen_len * 8, n_layer=2, n_head=2, d_model=32).to(device).eval()
               for k in ('teacher', 'student', 'ar')}
 else:
     # the same-size autoregressive model: the teacher's shape, steps and batch size (trained, or finished, when needed)
     c = cdlm.load_checkpoint(path['teacher'], device, hint='python distill.py', kind='teacher')[1]['config']
-    keys = ('prompt_len', 'gen_len', 'block_size', 'code_weight', 'n_layer', 'n_head', 'd_model', 'batch_size',
-            'max_iters', 'lr', 'bf16')
+    keys = ('corpus', 'prompt_len', 'gen_len', 'block_size', 'code_weight', 'n_layer', 'n_head', 'd_model',
+            'batch_size', 'max_iters', 'lr', 'bf16')
     cdlm.train_or_finish(path['ar'], os.path.join(here, 'train_teacher.py'),
                          ['--objective=ar', f'--out_dir={out_dir}', f'--ckpt_name={ar_ckpt}', f'--device={device}']
                          + [f'--{k}={c[k]}' for k in keys if k in c], 'autoregressive model')
@@ -84,15 +84,18 @@ else:
         models[name].eval()
     c = metas['student']['config']
     prompt_len, gen_len, block_size = c['prompt_len'], c['gen_len'], metas['student']['block_size']
+    corpus = c.get('corpus', 'full')  # checkpoints from before the small corpus have none
     for name in ('teacher', 'ar'):
         if metas[name]['model_args'] != metas['student']['model_args']:
             cdlm.fail(f'{path[name]} has shape {metas[name]["model_args"]}, '
                       f'the student {metas["student"]["model_args"]}')
+        if (other := metas[name]['config'].get('corpus', 'full')) != corpus:
+            cdlm.fail(f'{path[name]} was trained on --corpus={other}, the student on {corpus}')
 
 # --compile times compiled teacher and student (the AR model stays eager: see cdlm.compile_decoder); the accuracy
 # table and the pass counts use the eager models, and the sweep checks that the timed models decode the same tokens
 timed_models = {k: cdlm.compile_decoder(m, device) if compile and k != 'ar' else m for k, m in models.items()}
-test = cdlm.tasks.build_splits()['test']
+test = cdlm.tasks.build_splits(corpus=corpus)['test']
 if quick:
     test = cdlm.tasks.per_family(test, 64)
 timed = cdlm.tasks.of_family(test, 'math')[:timed_problems]

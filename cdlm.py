@@ -76,9 +76,10 @@ def generated_tokens(enc, text, gen_len):
     return min(len(enc.encode_ordinary(text)) + 1, gen_len)
 
 
-def load_split(split, prompt_len, gen_len):
-    """(x0, problems) for a corpus split: x0 (N, prompt_len + gen_len) int64, problems [(prompt, response, family)]."""
-    problems = tasks.build_splits()[split]
+def load_split(split, prompt_len, gen_len, corpus='full'):
+    """(x0, problems) for a split of a corpus (data/tasks.py's CORPORA): x0 (N, prompt_len + gen_len) int64, problems
+    [(prompt, response, family)]."""
+    problems = tasks.build_splits(corpus=corpus)[split]
     enc = get_tokenizer()
     x0 = torch.tensor([encode_example(enc, p, r, prompt_len, gen_len) for p, r, _ in problems])
     return x0, problems

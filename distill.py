@@ -30,6 +30,7 @@ init_from = 'teacher'  # 'teacher' (fresh student) or 'resume' (continue the stu
 eval_interval = 250  # iterations between evaluations and checkpoints
 eval_problems = 50  # val problems per family decoded at each eval
 # data
+corpus = 'full'  # 'full', or 'small' (the workshop's); the teacher's, which is trained on it when missing
 prompt_len = 24  # must match the teacher
 gen_len = 48  # must match the teacher; a multiple of block_size
 block_size = 16  # the student's block B
@@ -64,7 +65,7 @@ config = cdlm.configure(globals(), doc=__doc__, rules={  # --key=value overrides
           'test_problems latency_problems distill_temp',
     '>=0': 'w_distill w_cons w_dlm min_lr warmup_iters grad_clip threads seed', '0..1': 'threshold',
     f'1..{cdlm.VOCAB_SIZE - 1}': 'topk', 'floats>=0': 'temperatures', 'teacher|resume': 'init_from',
-    'folder': 'out_dir', 'name': 'teacher_ckpt student_ckpt traj_file', 'device': 'device'})
+    'full|small': 'corpus', 'folder': 'out_dir', 'name': 'teacher_ckpt student_ckpt traj_file', 'device': 'device'})
 # -----------------------------------------------------------------------------
 
 t_start = time.time()
@@ -80,10 +81,13 @@ gen = torch.Generator(device).manual_seed(seed)
 # 0. the teacher: train it with train_teacher.py's own code path when missing, or finish it if it was interrupted
 cdlm.train_or_finish(teacher_path, os.path.join(here, 'train_teacher.py'),
                      [f'--out_dir={out_dir}', f'--ckpt_name={teacher_ckpt}', f'--device={device}', f'--seed={seed}',
-                      f'--prompt_len={prompt_len}', f'--gen_len={gen_len}', f'--block_size={block_size}',
-                      f'--bf16={bf16}', f'--threads={threads}', '--final_report=0'] + teacher_args.split(), 'teacher')
+                      f'--corpus={corpus}', f'--prompt_len={prompt_len}', f'--gen_len={gen_len}',
+                      f'--block_size={block_size}', f'--bf16={bf16}', f'--threads={threads}', '--final_report=0']
+                     + teacher_args.split(), 'teacher')
 teacher, teacher_meta = cdlm.load_checkpoint(teacher_path, device, hint='python distill.py', kind='teacher')
 teacher.eval()
+if (taught := teacher_meta['config'].get('corpus', 'full')) != corpus:
+    cdlm.fail(f'{teacher_path} was trained on --corpus={taught}; pass --corpus={taught} or another --out_dir')
 if teacher.args['seq_len'] != prompt_len + gen_len:
     cdlm.fail(f'{teacher_path} was trained for prompt_len + gen_len = {teacher.args["seq_len"]}, this config asks '
               f'for {prompt_len} + {gen_len}; pass the teacher\'s --prompt_len/--gen_len or retrain it')
@@ -97,8 +101,8 @@ print(f'teacher: {teacher_path} (iter {teacher_meta["iter_num"]}, fingerprint {t
 
 # 1. trajectories: the teacher decodes training prompts one token per step, at each temperature
 temps = [float(t) for t in temperatures.split(',')]
-want = dict(teacher=teacher_id, prompt_len=prompt_len, gen_len=gen_len, block_size=block_size, temperatures=temps,
-            topk=topk, count=n_traj)
+want = dict(teacher=teacher_id, corpus=corpus, prompt_len=prompt_len, gen_len=gen_len, block_size=block_size,
+            temperatures=temps, topk=topk, count=n_traj)
 traj, why = cdlm.load_torch(traj_path)  # reused only when this teacher made it with these settings
 if traj is not None:
     stored = traj.get('meta', {}) if isinstance(traj, dict) else {}
@@ -111,7 +115,7 @@ if why not in ('', 'missing'):
     print(f'{traj_path}: {why}; rebuilding it')
     traj = None
 if traj is None:
-    x_gt, _ = cdlm.load_split('train', prompt_len, gen_len)
+    x_gt, _ = cdlm.load_split('train', prompt_len, gen_len, corpus)
     x_gt = x_gt[torch.randperm(len(x_gt), generator=torch.Generator().manual_seed(seed))[:n_traj]].to(device)
     parts = []
     with tqdm(total=n_traj, desc='trajectories', unit='prompt') as bar:
@@ -143,7 +147,7 @@ else:
 optimizer = torch.optim.AdamW(student.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
 if init_from == 'resume' and student_meta['optimizer']:
     optimizer.load_state_dict(student_meta['optimizer'])
-_, val_problems = cdlm.load_split('val', prompt_len, gen_len)
+_, val_problems = cdlm.load_split('val', prompt_len, gen_len, corpus)
 eval_set = cdlm.tasks.per_family(val_problems, eval_problems)
 
 
@@ -180,7 +184,7 @@ cdlm.train_loop(step, iter_num, max_iters, eval_interval, evaluate, save, device
 
 # 3. teacher vs student on the test split
 student.eval()
-test = cdlm.tasks.build_splits()['test']
+test = cdlm.tasks.build_splits(corpus=corpus)['test']
 test = cdlm.tasks.per_family(test, test_problems)
 rows = [('teacher, 1 token/step', teacher, 'bidirectional', dict(k=1, threshold=None, early_stop=False)),
         (f'teacher, threshold {threshold}', teacher, 'bidirectional', dict(k=None, threshold=threshold)),

@@ -59,7 +59,7 @@ if bidirectional and meta['kind'] != 'teacher':
               '(--ckpt=out/teacher.pt): a block-causal model cannot see the blocks after the one it decodes')
 model = cdlm.compile_decoder(model, device) if compile else model
 kind, cfg = meta['kind'], meta['config']
-prompt_len, gen_len = cfg['prompt_len'], cfg['gen_len']
+prompt_len, gen_len, corpus = cfg['prompt_len'], cfg['gen_len'], cfg.get('corpus', 'full')
 attn = 'bidirectional' if kind == 'teacher' else 'block_causal'
 block_size = block_size or meta['block_size']
 if kind == 'student' and block_size != meta['block_size']:
@@ -75,12 +75,11 @@ enc = cdlm.get_tokenizer()
 outside = ''  # why a --prompt lies outside the corpus ('' when it does not)
 if prompt:
     problems = [(cdlm.tasks.normalize(prompt), None, None)]
-    if outside := cdlm.tasks.covers(problems[0][0]):
-        print(f'note: this prompt lies outside the corpus ({outside}). The corpus covers sums and differences of two '
-              'numbers of 2-4 digits with a result >= 0, and programs like a=4;b=a+3;c=b-a;print(c) with every value '
-              'in 0..20 (data/tasks.py). Decoding it anyway.')
+    if outside := cdlm.tasks.covers(problems[0][0], corpus):
+        print(f'note: this prompt lies outside the {corpus} corpus this model learned ({outside}; data/tasks.py). '
+              'Decoding it anyway.')
 else:
-    test = cdlm.tasks.build_splits()['test']
+    test = cdlm.tasks.build_splits(corpus=corpus)['test']
     rng = torch.Generator().manual_seed(seed)
     problems = [test[i] for fam in cdlm.tasks.FAMILIES for i in
                 [j for j in torch.randperm(len(test), generator=rng).tolist() if test[j][2] == fam][:num_problems]]

@@ -28,6 +28,7 @@ final_report = 500  # at the end, decode this many test problems per family with
 prompt_len = 24  # every prompt is left-padded to this many tokens
 gen_len = 48  # response length L, EOS-padded; a multiple of block_size
 block_size = 16  # decoding block B (the student's block; the teacher decodes semi-autoregressively with it)
+corpus = 'full'  # 'full', or 'small': the workshop's (two-digit sums, code values 0..9; data/tasks.py)
 code_weight = 1.5  # a code row is drawn this many times as often as a math row (EXPERIMENTS.md)
 # loss
 loss_weight = 'mean'  # 'mean': plain mean cross-entropy over masked tokens; 'elbo': 1/t-weighted (LLaDA)
@@ -53,8 +54,8 @@ seed = 1337  # drives init, batches and masking
 config = cdlm.configure(globals(), doc=__doc__, rules={  # --key=value overrides, checked before any work; --help
     '>0': 'eval_problems prompt_len gen_len block_size code_weight n_layer n_head d_model batch_size max_iters lr',
     '>=0': 'eval_interval final_report min_lr warmup_iters weight_decay grad_clip threads seed',
-    'scratch|resume': 'init_from', 'mdm|ar': 'objective', 'mean|elbo': 'loss_weight', 'folder': 'out_dir',
-    'name': 'ckpt_name', 'device': 'device'})
+    'scratch|resume': 'init_from', 'full|small': 'corpus', 'mdm|ar': 'objective', 'mean|elbo': 'loss_weight',
+    'folder': 'out_dir', 'name': 'ckpt_name', 'device': 'device'})
 # -----------------------------------------------------------------------------
 
 torch.manual_seed(seed)
@@ -64,8 +65,8 @@ out_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), out_dir, ckp
 print('config:', config)
 
 # data: every split tokenized up front, (N, prompt_len + gen_len)
-x_train, train_problems = cdlm.load_split('train', prompt_len, gen_len)
-x_val, val_problems = cdlm.load_split('val', prompt_len, gen_len)
+x_train, train_problems = cdlm.load_split('train', prompt_len, gen_len, corpus)
+x_val, val_problems = cdlm.load_split('val', prompt_len, gen_len, corpus)
 x_train, x_val = x_train.to(device), x_val.to(device)
 row_weight = torch.tensor([code_weight if fam == 'code' else 1.0 for _, _, fam in train_problems], device=device)
 eval_set = cdlm.tasks.per_family(val_problems, eval_problems)
@@ -80,6 +81,8 @@ if init_from == 'resume':
     model, ckpt = cdlm.load_checkpoint(out_path, device, kind=kind)
     if ckpt['model_args'] != model_args:
         cdlm.fail(f'{out_path} has model {ckpt["model_args"]}, the config asks for {model_args}')
+    if ckpt['config'].get('corpus', 'full') != corpus:
+        cdlm.fail(f'{out_path} was trained on --corpus={ckpt["config"].get("corpus", "full")}, not {corpus}')
     iter_num = ckpt['iter_num']
     print(f'resuming from {out_path} at iter {iter_num}')
 else:
@@ -149,7 +152,7 @@ cdlm.train_loop(step, iter_num, max_iters, eval_interval, evaluate, save, device
 # how hard is parallel decoding for this teacher? the whole test split, three decoding rules
 if final_report and objective == 'mdm':
     model.eval()
-    test = cdlm.tasks.per_family(cdlm.tasks.build_splits()['test'], final_report)
+    test = cdlm.tasks.per_family(cdlm.tasks.build_splits(corpus=corpus)['test'], final_report)
     print('test split:           family  strict  answer-only  NFE    NFE/block  tokens/step')
     for name, rule in [('1 token/step', dict(k=1, threshold=None, early_stop=False)),
                        ('4 tokens/step', dict(k=4, threshold=None, early_stop=False)),

@@ -28,7 +28,8 @@ shared the second block, and both teacher and student wrote the result first, fr
 
 The strict checker enumerates every valid phrasing of the problem and asks whether the response is one of them, so a
 response is correct only if every step parses, uses the right digits and carries, is arithmetically right, and the final
-answer is exact. Problems are generated deterministically from a seed; nothing is downloaded.
+answer is exact. Problems are generated deterministically from a seed; nothing is downloaded. The small corpus
+(`--corpus=small`, CORPORA) is the same task cut down for a workshop: two-digit operands, code values 0..9.
 """
 import functools
 import itertools
@@ -38,23 +39,26 @@ import re
 
 FAMILIES = ('math', 'code')
 N_TEST, N_VAL = 500, 200  # problems per family in the test and val splits
-N_TRAIN = {'math': 20000, 'code': 12000}  # training problems (the code family has about 14800 distinct ones)
+CORPORA = {  # name: (digits of a math operand, the code family's largest value, training problems per family)
+    'full': ((2, 4), 20, {'math': 20000, 'code': 12000}),  # the code family has about 14800 distinct programs
+    'small': ((2, 2), 9, {'math': 6000, 'code': 4000}),  # the workshop's: two columns, values 0..9 (5900 programs)
+}
 HABIT = 0.8  # probability that a step keeps the previous step's operand order
 OPS = {'+': operator.add, '-': operator.sub, '*': operator.mul}  # the code family's operators
 
 
-def math_problem(rng):
-    """Addition or subtraction of two numbers of 2-4 digits each; subtraction keeps the result non-negative.
+def math_problem(rng, digits=(2, 4)):
+    """Addition or subtraction of two numbers of 2-4 digits each (`digits`); subtraction keeps the result non-negative.
     Operands are right-aligned in 4-character fields, like a sum written in columns: `  89+1234=`."""
-    a, b = (rng.randint(10 ** (n - 1), 10 ** n - 1) for n in (rng.randint(2, 4), rng.randint(2, 4)))
+    a, b = (rng.randint(10 ** (n - 1), 10 ** n - 1) for n in (rng.randint(*digits), rng.randint(*digits)))
     op = rng.choice('+-')
     if op == '-' and a < b:
         a, b = b, a
     return f'{a:4d}{op}{b:4d}='
 
 
-def code_problem(rng):
-    """A straight-line program: a=N, then b and c each from earlier values with + - *, all values kept in 0..20.
+def code_problem(rng, top=20):
+    """A straight-line program: a=N, then b and c each from earlier values with + - *, all values kept in 0..top.
     NOTE: small values on purpose: each step does its arithmetic in one shot, and a 0.9M-parameter teacher trained
     for minutes learned products like 24*3 poorly (51% strict with values up to 99)."""
     while True:
@@ -66,7 +70,7 @@ def code_problem(rng):
             op = rng.choice('+-*')
             env[name] = OPS[op](env[left], int(env.get(right, right)))
             lines.append(f'{name}={left}{op}{right}')
-        if all(0 <= v <= 20 for v in env.values()):
+        if all(0 <= v <= top for v in env.values()):
             return ';'.join(lines) + f";print({rng.choice('bc')})"
 
 
@@ -150,17 +154,20 @@ def normalize(prompt):
     return prompt
 
 
-def covers(prompt):
-    """'' when the corpus could hold this prompt (after normalize), else what lies outside it. The corpus covers sums
-    and differences of two numbers of 2-4 digits with a result >= 0, and the code family's programs with a in 2..9
-    and every value in 0..20. A model may still decode anything else, but it never learned it.
+def covers(prompt, corpus='full'):
+    """'' when the corpus could hold this prompt (after normalize), else what lies outside it. The full corpus covers
+    sums and differences of two numbers of 2-4 digits with a result >= 0, and the code family's programs with a in
+    2..9 and every value in 0..20; the small one 2 digits and 0..9. A model may still decode anything else, but it
+    never learned it.
     >>> covers('12345+1=')
     'operands of 2-4 digits only (got 12345 and 1)'
     """
+    (lo, hi), top, _ = CORPORA[corpus]
+    span = f'{lo}-{hi}' if lo < hi else f'{lo}'
     if m := re.fullmatch(r' *(\d+)([+-]) *(\d+)=', prompt):
         a, op, b = int(m[1]), m[2], int(m[3])
-        if not all(2 <= len(d) <= 4 and d[0] != '0' for d in (m[1], m[3])):
-            return f'operands of 2-4 digits only (got {m[1]} and {m[3]})'
+        if not all(lo <= len(d) <= hi and d[0] != '0' for d in (m[1], m[3])):
+            return f'operands of {span} digits only (got {m[1]} and {m[3]})'
         return 'results >= 0 only' if op == '-' and a < b else ''
     if re.fullmatch(r'a=\d;b=[abc\d][+*-][abc\d];c=[abc\d][+*-][abc\d];print\([bc]\)', prompt):
         env = {'a': int(prompt[2])}
@@ -168,8 +175,8 @@ def covers(prompt):
             if not all(t in env or t.isdigit() for t in (left, right)):
                 return f'{name} uses a variable not yet assigned'
             env[name] = OPS[op](*(env[t] if t in env else int(t) for t in (left, right)))
-        if not (2 <= env['a'] <= 9 and all(0 <= v <= 20 for v in env.values())):
-            return f'values a in 2..9 and all in 0..20 only (got {env})'
+        if not (2 <= env['a'] <= 9 and all(0 <= v <= top for v in env.values())):
+            return f'values a in 2..9 and all in 0..{top} only (got {env})'
         return ''
     return 'not a math prompt (`347+285=`) or a program like `a=4;b=a+3;c=b-a;print(c)`'
 
@@ -193,14 +200,15 @@ def render(prompt, rng):
     return join_response(text, answer, sep)
 
 
-@functools.lru_cache(maxsize=2)
-def build_splits(seed=1337):
-    """{split: [(prompt, response, family)]}. Test and val problems come first and are never seen in training.
-    Cached: callers share one copy and must not modify it."""
+@functools.lru_cache(maxsize=4)
+def build_splits(seed=1337, corpus='full'):
+    """{split: [(prompt, response, family)]} of a corpus in CORPORA. Test and val problems come first and are never
+    seen in training. Cached: callers share one copy and must not modify it."""
+    digits, top, n_train = CORPORA[corpus]
     rng, seen, splits = random.Random(seed), set(), {'test': [], 'val': [], 'train': []}
     for split in ('test', 'val', 'train'):
-        for family, make in (('math', math_problem), ('code', code_problem)):
-            n = N_TRAIN[family] if split == 'train' else N_TEST if split == 'test' else N_VAL
+        for family, make in (('math', lambda r: math_problem(r, digits)), ('code', lambda r: code_problem(r, top))):
+            n = n_train[family] if split == 'train' else N_TEST if split == 'test' else N_VAL
             count = 0
             while count < n:
                 prompt = make(rng)

@@ -117,3 +117,16 @@ def test_covers_names_what_lies_outside_the_corpus():
     assert '2-4 digits' in tasks.covers(tasks.normalize('12345+1=')) and '2-4 digits' in tasks.covers('   5-   9=')
     assert 'results >= 0' in tasks.covers(tasks.normalize('59-90='))
     assert 'not a math prompt' in tasks.covers('hello') and '0..20' in tasks.covers('a=9;b=a*9;c=b-a;print(c)')
+
+
+def test_the_small_corpus_is_the_full_one_cut_down():
+    """The workshop's corpus (--corpus=small): two-digit operands and code values 0..9, every problem one of the full
+    corpus's kind, no prompt in two splits, every response a valid phrasing of its prompt."""
+    small = tasks.build_splits(corpus='small')
+    assert [len(small[s]) for s in ('test', 'val', 'train')] == [1000, 400, 10000]
+    prompts = [p for split in small.values() for p, _, _ in split]
+    assert len(set(prompts)) == len(prompts)
+    for p, r, fam in small['test'] + small['train'][:3000]:
+        assert tasks.covers(p, 'small') == '' == tasks.covers(p) and tasks.check(p, r) == (True, True), (p, r)
+    assert '2 digits' in tasks.covers(' 347+ 285=', 'small')
+    assert '0..9' in tasks.covers('a=9;b=a+9;c=b-a;print(c)', 'small') and not tasks.covers('a=9;b=a+9;c=b-a;print(c)')

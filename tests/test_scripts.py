@@ -122,7 +122,8 @@ def test_sample_fills_corrects_and_names_prompts_outside_the_corpus(teacher_dir)
     res = run('sample.py', ckpt, '--fill=__', ok=False)
     assert 'need the --prompt' in res.stderr
     res = run('sample.py', ckpt, '--prompt=hello', '--k=8')
-    assert 'note: this prompt lies outside the corpus (not a math prompt' in res.stdout and 'no checker' in res.stdout
+    assert 'lies outside the full corpus this model learned (not a math prompt' in res.stdout
+    assert 'no checker' in res.stdout
 
 
 def test_bad_input_with_a_checkpoint(teacher_dir):
