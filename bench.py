@@ -84,12 +84,12 @@ else:
         models[name].eval()
     c = metas['student']['config']
     prompt_len, gen_len, block_size = c['prompt_len'], c['gen_len'], metas['student']['block_size']
-    corpus = c.get('corpus', 'full')  # checkpoints from before the small corpus have none
+    corpus = c['corpus']
     for name in ('teacher', 'ar'):
         if metas[name]['model_args'] != metas['student']['model_args']:
             cdlm.fail(f'{path[name]} has shape {metas[name]["model_args"]}, '
                       f'the student {metas["student"]["model_args"]}')
-        if (other := metas[name]['config'].get('corpus', 'full')) != corpus:
+        if (other := metas[name]['config']['corpus']) != corpus:
             cdlm.fail(f'{path[name]} was trained on --corpus={other}, the student on {corpus}')
 
 # --compile times compiled teacher and student (the AR model stays eager: see cdlm.compile_decoder); the accuracy
@@ -217,10 +217,6 @@ def refill(name, attn, canvas, rule, fix=False):
     return strict, nfe, x
 
 
-def mean(v):
-    return sum(v) / len(v)
-
-
 bidir = {'teacher': {}, 'student, cached': {}}
 teacher_rule, student_rule = rules[f'teacher, threshold {threshold}'][2], rules['student, cached'][2]
 for task, hide in (('chain of thought given the answer', col[None] < n_cot),
@@ -230,7 +226,7 @@ for task, hide in (('chain of thought given the answer', col[None] < n_cot),
             continue  # a block-causal model decodes the chain of thought without seeing the answer after it
         strict, nfe, _ = refill(name, attn, ref[:, prompt_len:].masked_fill(hide, cdlm.MASK_ID), rule)
         bidir['teacher' if name == 'teacher' else 'student, cached'][f'infill {task}'] = dict(
-            acc=mean(strict), nfe=mean(nfe))
+            acc=statistics.mean(strict), nfe=statistics.mean(nfe))
 index = (ref[:, prompt_len:, None] == alphabet).int().argmax(-1)  # each response character's place in the alphabet
 for n in (0, 1, 2, 4):  # correction: n random characters of each response changed to other response characters
     score = torch.rand(ref.shape[0], gen_len, generator=g, device=device).masked_fill(col[None] >= n_text, -1)
@@ -240,8 +236,8 @@ for n in (0, 1, 2, 4):  # correction: n random characters of each response chang
     strict, nfe, x = refill('teacher', 'bidirectional', given, teacher_rule, fix=True)
     kept = ~changed & (col[None] < n_text)  # the characters that were right before correction
     bidir['teacher'][f'correct {n} changed'] = dict(
-        restored=mean(strict), wrong=1 - mean(strict), harm=((x != given) & kept).sum().item() / kept.sum().item(),
-        nfe=mean(nfe))
+        restored=statistics.mean(strict), wrong=1 - statistics.mean(strict),
+        harm=((x != given) & kept).sum().item() / kept.sum().item(), nfe=statistics.mean(nfe))
 print('\n| infilling and correction (test split) | teacher | student, cached |\n|---|---|---|')
 for task in ('chain of thought given the answer', 'answer given the chain of thought'):
     cells = [f'{r["acc"]:.1%} strict, {r["nfe"]:.2f} passes' if (r := bidir[m].get(f'infill {task}')) else

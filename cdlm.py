@@ -925,4 +925,5 @@ def load_checkpoint(path, device='cpu', hint='python train_teacher.py', kind=Non
         model.load_state_dict(ckpt['model'])
     except (TypeError, RuntimeError) as e:
         fail(f'{path} has weights that do not fit its model_args ({type(e).__name__}); retrain it with `{hint}`')
+    ckpt['config'].setdefault('corpus', 'full')  # saved before --corpus existed, when there was only the full corpus
     return model.to(device), ckpt

@@ -86,7 +86,7 @@ cdlm.train_or_finish(teacher_path, os.path.join(here, 'train_teacher.py'),
                      + teacher_args.split(), 'teacher')
 teacher, teacher_meta = cdlm.load_checkpoint(teacher_path, device, hint='python distill.py', kind='teacher')
 teacher.eval()
-if (taught := teacher_meta['config'].get('corpus', 'full')) != corpus:
+if (taught := teacher_meta['config']['corpus']) != corpus:
     cdlm.fail(f'{teacher_path} was trained on --corpus={taught}; pass --corpus={taught} or another --out_dir')
 if teacher.args['seq_len'] != prompt_len + gen_len:
     cdlm.fail(f'{teacher_path} was trained for prompt_len + gen_len = {teacher.args["seq_len"]}, this config asks '

@@ -59,7 +59,7 @@ if bidirectional and meta['kind'] != 'teacher':
               '(--ckpt=out/teacher.pt): a block-causal model cannot see the blocks after the one it decodes')
 model = cdlm.compile_decoder(model, device) if compile else model
 kind, cfg = meta['kind'], meta['config']
-prompt_len, gen_len, corpus = cfg['prompt_len'], cfg['gen_len'], cfg.get('corpus', 'full')
+prompt_len, gen_len, corpus = cfg['prompt_len'], cfg['gen_len'], cfg['corpus']
 attn = 'bidirectional' if kind == 'teacher' else 'block_causal'
 block_size = block_size or meta['block_size']
 if kind == 'student' and block_size != meta['block_size']:

@@ -81,8 +81,8 @@ if init_from == 'resume':
     model, ckpt = cdlm.load_checkpoint(out_path, device, kind=kind)
     if ckpt['model_args'] != model_args:
         cdlm.fail(f'{out_path} has model {ckpt["model_args"]}, the config asks for {model_args}')
-    if ckpt['config'].get('corpus', 'full') != corpus:
-        cdlm.fail(f'{out_path} was trained on --corpus={ckpt["config"].get("corpus", "full")}, not {corpus}')
+    if ckpt['config']['corpus'] != corpus:
+        cdlm.fail(f'{out_path} was trained on --corpus={ckpt["config"]["corpus"]}, not {corpus}')
     iter_num = ckpt['iter_num']
     print(f'resuming from {out_path} at iter {iter_num}')
 else:
