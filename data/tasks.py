@@ -45,6 +45,7 @@ CORPORA = {  # name: (digits of a math operand, the code family's largest value,
 }
 HABIT = 0.8  # probability that a step keeps the previous step's operand order
 OPS = {'+': operator.add, '-': operator.sub, '*': operator.mul}  # the code family's operators
+PROGRAM = re.compile(r'a=\d;b=[abc\d][+*-][abc\d];c=[abc\d][+*-][abc\d];print\([bc]\)')  # a code prompt
 
 
 def math_problem(rng, digits=(2, 4)):
@@ -79,8 +80,8 @@ def solve(prompt):
     `<` where the order is free), the final answer, and the text that joins the steps."""
     if m := re.fullmatch(r' *(\d+)([+-]) *(\d+)=', prompt):
         return *math_steps(int(m[1]), m[2], int(m[3])), ''
-    if m := re.fullmatch(r'a=(\d);b=([abc\d+*-]+);c=([abc\d+*-]+);print\(([bc])\)', prompt):
-        return *code_steps(m[1], m[2], m[3], m[4]), ';'
+    if PROGRAM.fullmatch(prompt):
+        return *code_steps(prompt), ';'
     raise ValueError(f'not a task prompt: {prompt!r}')
 
 
@@ -121,20 +122,30 @@ def either_order(p, q, body):
     return '>' + body(max(p, q), min(p, q)), '<' + body(min(p, q), max(p, q))
 
 
-def code_steps(a, expr_b, expr_c, target):
+def run_program(prompt):
+    """Run a program of the code family: ({name: value}, [(u, op, v, result) per step after a]). ValueError when a step
+    reads a variable not yet assigned. The one evaluator of a program: code_steps writes its steps, covers checks them."""
+    env, ops = {'a': int(prompt[2])}, []
+    for name, left, op, right in re.findall(r'([bc])=([abc\d])([+*-])([abc\d])', prompt):
+        if not all(t in env or t.isdigit() for t in (left, right)):
+            raise ValueError(f'{name} uses a variable not yet assigned')
+        u, v = (env[t] if t in env else int(t) for t in (left, right))
+        env[name] = OPS[op](u, v)
+        ops.append((u, op, v, env[name]))
+    return env, ops
+
+
+def code_steps(prompt):
     """One step per assignment after `a` (b, then c): order marker, value op value=result, every value in a two-digit
     field so each step has the same width. + and * take either order (`>04+03=07` or `<03+04=07`); - only `>`, since
     its first value is never the smaller (every value is in 0..20). No names: with them step c's second operand fell
     into the second block beside its result (see the module docstring)."""
-    env, steps = {'a': int(a)}, []
-    for name, expr in (('b', expr_b), ('c', expr_c)):
-        left, op, right = re.fullmatch(r'([abc\d])([+*-])([abc\d])', expr).groups()
-        u, v = (env[t] if t in env else int(t) for t in (left, right))
-        env[name] = r = OPS[op](u, v)
+    env, ops = run_program(prompt)
+    steps = []
+    for u, op, v, r in ops:
         body = lambda p, q: f'{p:02d}{op}{q:02d}={r:02d}'
-        texts = either_order(u, v, body) if op in '+*' else ('>' + body(u, v),)
-        steps.append(texts)
-    return steps, env[target]
+        steps.append(either_order(u, v, body) if op in '+*' else ('>' + body(u, v),))
+    return steps, env[prompt[-2]]
 
 
 def of_family(problems, family):
@@ -169,12 +180,11 @@ def covers(prompt, corpus='full'):
         if not all(lo <= len(d) <= hi and d[0] != '0' for d in (m[1], m[3])):
             return f'operands of {span} digits only (got {m[1]} and {m[3]})'
         return 'results >= 0 only' if op == '-' and a < b else ''
-    if re.fullmatch(r'a=\d;b=[abc\d][+*-][abc\d];c=[abc\d][+*-][abc\d];print\([bc]\)', prompt):
-        env = {'a': int(prompt[2])}
-        for name, left, op, right in re.findall(r'([bc])=([abc\d])([+*-])([abc\d])', prompt):
-            if not all(t in env or t.isdigit() for t in (left, right)):
-                return f'{name} uses a variable not yet assigned'
-            env[name] = OPS[op](*(env[t] if t in env else int(t) for t in (left, right)))
+    if PROGRAM.fullmatch(prompt):
+        try:
+            env, _ = run_program(prompt)
+        except ValueError as e:
+            return str(e)
         if not (2 <= env['a'] <= 9 and all(0 <= v <= top for v in env.values())):
             return f'values a in 2..9 and all in 0..{top} only (got {env})'
         return ''

@@ -1,6 +1,8 @@
 """The toy corpus: deterministic, disjoint splits, and a strict checker that rejects any broken step."""
 import random
 
+import pytest
+
 import cdlm
 from data import tasks
 
@@ -108,6 +110,16 @@ def test_every_result_is_written_after_its_operands_block():
     assert tasks.phrasings('  20-  11=') == ['<10-0-1=9<02-1-1=0 #### 09', '<10-0-1=9>02-1-1=0 #### 09',
                                              '>10-1-0=9<02-1-1=0 #### 09', '>10-1-0=9>02-1-1=0 #### 09']
     assert tasks.phrasings('a=4;b=a+3;c=b-a;print(c)') == ['<03+04=07;>07-04=03;#### 3', '>04+03=07;>07-04=03;#### 3']
+
+
+def test_run_program_evaluates_each_step_in_order():
+    """The code family's one evaluator: every step's operands and result, by hand; a name read before it is assigned
+    is an error, and covers says so."""
+    assert tasks.run_program('a=4;b=a+3;c=b-a;print(c)') == ({'a': 4, 'b': 7, 'c': 3}, [(4, '+', 3, 7), (7, '-', 4, 3)])
+    assert tasks.run_program('a=2;b=a*a;c=b*b;print(b)') == ({'a': 2, 'b': 4, 'c': 16}, [(2, '*', 2, 4), (4, '*', 4, 16)])
+    with pytest.raises(ValueError, match='b uses a variable not yet assigned'):
+        tasks.run_program('a=4;b=c+3;c=b-a;print(c)')
+    assert tasks.covers('a=4;b=a+3;c=c-a;print(c)') == 'c uses a variable not yet assigned'
 
 
 def test_covers_names_what_lies_outside_the_corpus():
