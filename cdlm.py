@@ -448,19 +448,24 @@ def token_probs(model, x, prompt_len, rows_per_pass=2048):
     """How likely the model finds each response token given every other token: position i is hidden alone and the
     model's probability of the token that was there is read back. x (B, T) with no masks -> (B, L) float.
     Meant for a bidirectional model (the teacher): it scores a position from both sides, as no autoregressive model
-    can. B*L rows, in forward passes of up to rows_per_pass rows."""
-    B, T = x.shape
-    L = T - prompt_len
-    rows = x.repeat_interleave(L, 0)  # (B*L, T): row b*L + i hides response position i of row b
-    pos = prompt_len + torch.arange(L, device=x.device).repeat(B)
-    tok = rows[torch.arange(B * L), pos]
-    rows[torch.arange(B * L), pos] = MASK_ID
+    can. Each row scores its response up to its first EOS, that EOS included; the padding after it reads 1.0 and costs
+    nothing (a third of the rows of this corpus's code responses). One row per scored position, in forward passes of
+    up to rows_per_pass rows."""
+    resp = x[:, prompt_len:]
+    is_eos = (resp == EOS_ID).long()
+    b, i = (is_eos.cumsum(-1) - is_eos == 0).nonzero(as_tuple=True)  # (row, position) up to the first EOS
+    rows, pos = x[b], prompt_len + i  # row n hides position pos[n] of response b[n]
+    n = torch.arange(len(rows), device=x.device)
+    tok = rows[n, pos]
+    rows[n, pos] = MASK_ID
     prob = []
-    for j in range(0, B * L, rows_per_pass):
+    for j in range(0, len(rows), rows_per_pass):
         logits = model(rows[j:j + rows_per_pass]).float()  # (n, T, V-1)
-        at = logits[torch.arange(len(logits)), pos[j:j + rows_per_pass]]  # (n, V-1) at each row's hidden position
+        at = logits[n[:len(logits)], pos[j:j + rows_per_pass]]  # (n, V-1) at each row's hidden position
         prob.append(at.softmax(-1).gather(-1, tok[j:j + rows_per_pass, None]).squeeze(-1))
-    return torch.cat(prob).view(B, L)
+    out = torch.ones(resp.shape, device=x.device)
+    out[b, i] = torch.cat(prob)
+    return out
 
 
 def correct(model, x, prompt_len, block_size, below=0.1, **decode_kw):

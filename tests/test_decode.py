@@ -376,7 +376,8 @@ def test_correction_by_hand():
     """P=2, L=3, the response [5, 6, 7]. The model gives token 5 at position 0 probability 0.7, token 6 at position 1
     0.05 (token 9: 0.9), token 7 at position 2 0.2 (token 8: 0.75). token_probs scores each position in a row of
     its own with that position alone masked: [0.7, 0.05, 0.2]. Under below=0.1 only position 1 is re-masked and
-    decoded again (to 9); under 0.25 positions 1 and 2 are (to 9 and 8); under 0.01 nothing is, and nothing changes."""
+    decoded again (to 9); under 0.25 positions 1 and 2 are (to 9 and 8); under 0.01 nothing is, and nothing changes.
+    A response that ends early, [5, EOS, EOS], is scored up to its first EOS: two rows, the padding read as 1.0."""
     V = cdlm.VOCAB_SIZE - 1
     probs, given = torch.full((5, V), 1 / V, dtype=torch.float64), torch.zeros(5, V, dtype=torch.bool)
     for pos, tok, p in [(2, 5, 0.7), (3, 6, 0.05), (3, 9, 0.9), (4, 7, 0.2), (4, 8, 0.75)]:
@@ -389,6 +390,10 @@ def test_correction_by_hand():
     assert torch.allclose(got, torch.tensor([[0.7, 0.05, 0.2]], dtype=got.dtype), atol=1e-4), got
     rows = model.seen[0]  # three rows, each hiding exactly its own position
     assert torch.equal(rows == cdlm.MASK_ID, torch.tensor([[0, 0, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 0, 1]]).bool())
+    padded = TableModel(probs)  # [5, EOS, EOS]: the first EOS is scored, the padding after it is not (1.0)
+    got = cdlm.token_probs(padded, torch.tensor([[1, 2, 5, cdlm.EOS_ID, cdlm.EOS_ID]]), 2)
+    assert torch.allclose(got, torch.tensor([[0.7, rest[3, 0].item(), 1.0]], dtype=got.dtype), atol=1e-4), got
+    assert torch.equal(padded.seen[0] == cdlm.MASK_ID, torch.tensor([[0, 0, 1, 0, 0], [0, 0, 0, 1, 0]]).bool())
     for below, want, remasked in [(0.1, [5, 9, 7], [0, 1, 0]), (0.25, [5, 9, 8], [0, 1, 1]),
                                   (0.01, [5, 6, 7], [0, 0, 0])]:
         out = cdlm.correct(TableModel(probs), x, 2, 3, below, k=None, threshold=0.5)
