@@ -512,6 +512,14 @@ def trajectory_state(x, step_of, prompt_len, k):
     return torch.cat([x[:, :prompt_len], resp], dim=1)
 
 
+def decoded_block(resp, block_size, u):
+    """A block per row, uniform over the blocks that decoding reaches (up to the one holding the first EOS; early stop
+    skips the rest). resp (N, L) response tokens, u (N,) uniform in [0, 1) -> (N,) block indices."""
+    is_eos = resp == EOS_ID
+    first_eos = torch.where(is_eos.any(-1), is_eos.float().argmax(-1), resp.shape[1] - 1)
+    return (u * (first_eos // block_size + 1)).long()
+
+
 def sample_states(x, step_of, prompt_len, block_size, generator=None):
     """Pick, per trajectory, a block b and two states y (earlier) and y' (later) inside it.
 
@@ -523,10 +531,8 @@ def sample_states(x, step_of, prompt_len, block_size, generator=None):
     """
     N, L = step_of.shape
     dev = step_of.device
-    is_eos = x[:, prompt_len:] == EOS_ID
-    first_eos = torch.where(is_eos.any(-1), is_eos.float().argmax(-1), L - 1)
     u = torch.rand(3, N, generator=generator, device=dev)
-    b = (u[0] * (first_eos // block_size + 1)).long()
+    b = decoded_block(x[:, prompt_len:], block_size, u[0])
     j = (u[1] * (block_size - 1)).long()
     j2 = j + 1 + (u[2] * (block_size - 1 - j)).long()
     k_y, k_y2 = b * block_size + j, b * block_size + j2
@@ -546,7 +552,9 @@ def cdlm_losses(model, batch, prompt_len, block_size, w_cons=0.5, w_dlm=0.1, gen
     is what is still masked in it. With y' = y* no block position would remain masked and the term would vanish; this
     reading keeps "within-block temporal consistency": the student's guess from less context must match its own guess
     from more context. The same-block choice also matches what the student sees at inference.
-    NOTE (open too): the DLM term keeps blocks before b clean and masks only block b, as at inference.
+    NOTE (open too): the DLM term keeps blocks before a block of its own clean and masks only that block, as at
+    inference. Its rows batch['gt'] need not be the trajectories' problems: distill.py draws them from the whole
+    training split, so that the student keeps what its teacher knew beyond the few thousand problems it decoded.
     distill_temp: the teacher's stored log-probs are divided by it before the softmax; 1 is the paper's target, below
     1 sharpens it toward the token the teacher chose. NOTE: not in CDLM; it is the idea of dParallel's certainty
     forcing (Chen et al., arXiv 2509.26488): a student that must be sure sooner commits more tokens per pass
@@ -560,8 +568,9 @@ def cdlm_losses(model, batch, prompt_len, block_size, w_cons=0.5, w_dlm=0.1, gen
     attn_mask = attention_mask('block_causal', T, prompt_len, block_size, device=dev)
     inputs = [trajectory_state(x, step_of, prompt_len, k_y)]
     if w_dlm:  # ground truth: blocks < b clean, block b masked with probability t, later blocks unseen anyway
-        t = antithetic_t(N, generator=generator, device=dev)
-        xt, hidden = mask_block(gt[:, prompt_len:], b, block_size, t, generator)
+        b_gt = decoded_block(gt[:, prompt_len:], block_size, torch.rand(len(gt), generator=generator, device=dev))
+        t = antithetic_t(len(gt), generator=generator, device=dev)
+        xt, hidden = mask_block(gt[:, prompt_len:], b_gt, block_size, t, generator)
         inputs.append(torch.cat([gt[:, :prompt_len], xt], dim=1))
     logits = model(torch.cat(inputs), attn_mask)[:, prompt_len:]  # (N or 2N, L, V-1)
     p_teacher = torch.zeros(N, L, logits.shape[-1], device=dev).scatter_(

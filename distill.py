@@ -35,7 +35,7 @@ prompt_len = 24  # must match the teacher
 gen_len = 48  # must match the teacher; a multiple of block_size
 block_size = 16  # the student's block B
 # trajectories
-n_traj = 2000  # training prompts the teacher decodes, split evenly over the temperatures
+n_traj = 4000  # training prompts the teacher decodes, split evenly over the temperatures
 temperatures = '0'  # teacher sampling temperatures (paper: '0,0.5'; greedy alone distils better: EXPERIMENTS.md)
 topk = 8  # teacher log-probs kept per position
 traj_batch = 250  # prompts decoded at once
@@ -44,6 +44,7 @@ w_distill = 1.0  # distillation: KL(teacher at finalization || student at the ea
 distill_temp = 0.25  # temperature of that teacher target (paper: 1; below 1 sharpens it: EXPERIMENTS.md)
 w_cons = 0.5  # consistency: KL(student at a later state || student at the earlier state)
 w_dlm = 0.3  # auxiliary masked-diffusion loss on the ground truth (paper: 0.1 LLaDA, 0.01 Dream; 0.3: EXPERIMENTS.md)
+dlm_rows = 'train'  # its ground truth: 'train', rows of the whole training split; 'traj', the trajectories' prompts
 # optim
 batch_size = 32  # trajectories per iteration
 max_iters = 1500  # optimizer steps
@@ -65,7 +66,8 @@ config = cdlm.configure(globals(), doc=__doc__, rules={  # --key=value overrides
           'test_problems latency_problems distill_temp',
     '>=0': 'w_distill w_cons w_dlm min_lr warmup_iters grad_clip threads seed', '0..1': 'threshold',
     f'1..{cdlm.VOCAB_SIZE - 1}': 'topk', 'floats>=0': 'temperatures', 'teacher|resume': 'init_from',
-    'full|small': 'corpus', 'folder': 'out_dir', 'name': 'teacher_ckpt student_ckpt traj_file', 'device': 'device'})
+    'full|small': 'corpus', 'train|traj': 'dlm_rows', 'folder': 'out_dir',
+    'name': 'teacher_ckpt student_ckpt traj_file', 'device': 'device'})
 # -----------------------------------------------------------------------------
 
 t_start = time.time()
@@ -114,9 +116,9 @@ if traj is not None:
 if why not in ('', 'missing'):
     print(f'{traj_path}: {why}; rebuilding it')
     traj = None
+x_train = cdlm.load_split('train', prompt_len, gen_len, corpus)[0].to(device)
 if traj is None:
-    x_gt, _ = cdlm.load_split('train', prompt_len, gen_len, corpus)
-    x_gt = x_gt[torch.randperm(len(x_gt), generator=torch.Generator().manual_seed(seed))[:n_traj]].to(device)
+    x_gt = x_train[torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))[:n_traj]]
     parts = []
     with tqdm(total=n_traj, desc='trajectories', unit='prompt') as bar:
         for i in range(0, n_traj, traj_batch):
@@ -171,6 +173,8 @@ def step(iter_num):
     """One optimizer step on a batch of trajectories; returns the losses to log."""
     idx = torch.randint(len(traj['x']), (batch_size,), generator=gen, device=device)
     batch = {k: v[idx] for k, v in traj.items() if k != 'meta'}
+    if dlm_rows == 'train':  # the DLM term on any training problem, not only the few the teacher decoded
+        batch['gt'] = x_train[torch.randint(len(x_train), (batch_size,), generator=gen, device=device)]
     with cdlm.autocast(device, cpu_bf16=bf16):
         losses = cdlm.cdlm_losses(student, batch, prompt_len, block_size, w_cons, w_dlm, gen, distill_temp)
     loss = w_distill * losses['loss_distill'] + w_cons * losses['loss_cons'] + w_dlm * losses['loss_dlm']

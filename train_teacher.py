@@ -29,7 +29,7 @@ prompt_len = 24  # every prompt is left-padded to this many tokens
 gen_len = 48  # response length L, EOS-padded; a multiple of block_size
 block_size = 16  # decoding block B (the student's block; the teacher decodes semi-autoregressively with it)
 corpus = 'full'  # 'full', or 'small': the workshop's (two-digit sums, code values 0..9; data/tasks.py)
-code_weight = 1.5  # a code row is drawn this many times as often as a math row (EXPERIMENTS.md)
+code_weight = 2.0  # a code row is drawn this many times as often as a math row (EXPERIMENTS.md)
 # loss
 loss_weight = 'mean'  # 'mean': plain mean cross-entropy over masked tokens; 'elbo': 1/t-weighted (LLaDA)
 complement = True  # each example twice in a batch, the second copy hiding exactly what the first shows: EXPERIMENTS.md

@@ -40,6 +40,16 @@ def test_trajectory_state_by_hand():
     assert torch.equal(cdlm.trajectory_state(x, step_of, 2, torch.tensor([4, 4])), x)
 
 
+def test_decoded_block_by_hand():
+    """L=12, B=4. Row 0 has no EOS (blocks 0-2 decoded), row 1 its first EOS at 4 (blocks 0-1: block 2 is padding),
+    row 2 at 0 (block 0 only). u in [0, 1) is spread evenly over each row's decoded blocks."""
+    E = cdlm.EOS_ID
+    resp = torch.tensor([[7] * 12, [7] * 4 + [E] * 8, [E] * 12])
+    for u, want in [(0.0, [0, 0, 0]), (0.4, [1, 0, 0]), (0.6, [1, 1, 0]), (0.99, [2, 1, 0])]:
+        got = cdlm.decoded_block(resp, 4, torch.full((3,), u))
+        assert got.tolist() == want, (u, got.tolist(), want)
+
+
 def test_sample_states_selects_the_described_positions():
     P, B = 2, 4
     # one trajectory: response of 3 blocks, EOS from position 6 on (so blocks 0 and 1 are the ones decoded)
@@ -170,15 +180,17 @@ def test_cdlm_losses_distill_temp_sharpens_the_teacher_by_hand():
 
 def test_cdlm_losses_match_their_formulas(tiny_model):
     """The three losses, written out from the earlier pieces with the same generator draws in the same order
-    (sample_states, then antithetic_t, then mask_block): distillation over U at y against the renormalized top-K
-    teacher, consistency over S against the student at y' with no gradient through that target, and the DLM loss
-    on the ground truth with block b masked (norm = block_size). Values and parameter gradients agree."""
+    (sample_states, then the ground truth's own block, then antithetic_t, then mask_block): distillation over U at y
+    against the renormalized top-K teacher, consistency over S against the student at y' with no gradient through
+    that target, and the DLM loss on the ground truth with its block masked (norm = block_size). Values and parameter
+    gradients agree."""
     P, B, batch = 4, 4, make_batch()
     x, step_of, gt, N = batch['x'], batch['step_of'].long(), batch['gt'], 4
     g = torch.Generator().manual_seed(0)
     k_y, k_y2, b, U, S = cdlm.sample_states(x, step_of, P, B, g)
+    b_gt = cdlm.decoded_block(gt[:, P:], B, torch.rand(N, generator=g))
     t = cdlm.antithetic_t(N, generator=g)
-    xt, hidden = cdlm.mask_block(gt[:, P:], b, B, t, g)
+    xt, hidden = cdlm.mask_block(gt[:, P:], b_gt, B, t, g)
     mask = cdlm.attention_mask('block_causal', 12, P, B)
     q_y = tiny_model(cdlm.trajectory_state(x, step_of, P, k_y), mask)[:, P:]
     q_y2 = tiny_model(cdlm.trajectory_state(x, step_of, P, k_y2), mask)[:, P:].softmax(-1).detach()
