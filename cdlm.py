@@ -567,7 +567,7 @@ def cdlm_losses(model, batch, prompt_len, block_size, w_cons=0.5, w_dlm=0.1, gen
     k_y, k_y2, b, U, S = sample_states(x, step_of, prompt_len, block_size, generator)
     attn_mask = attention_mask('block_causal', T, prompt_len, block_size, device=dev)
     inputs = [trajectory_state(x, step_of, prompt_len, k_y)]
-    if w_dlm:  # ground truth: blocks < b clean, block b masked with probability t, later blocks unseen anyway
+    if w_dlm:  # ground truth, a block b_gt of its own: blocks < b_gt clean, b_gt masked at rate t, later ones unseen
         b_gt = decoded_block(gt[:, prompt_len:], block_size, torch.rand(len(gt), generator=generator, device=dev))
         t = antithetic_t(len(gt), generator=generator, device=dev)
         xt, hidden = mask_block(gt[:, prompt_len:], b_gt, block_size, t, generator)
