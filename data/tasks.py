@@ -9,12 +9,12 @@ Every response is one phrasing out of a small set of valid ones: inside each cha
 commutative pair come in either order, and a marker opening the step says which (`>` the larger first, `<` the smaller
 first; both fit equal operands, except code's `-`, always `>`). All phrasings of a problem have the same length, so a
 model learns them easily. The orders are drawn like a writer's habit: the first step's is a coin flip, and each later
-step keeps the order of the step before it with probability HABIT (0.8), so no order is ever certain.
+step keeps the order of the step before it with probability HABIT (0.7), so no order is ever certain.
 
 Why this shape. A bidirectional model cannot know which order a step uses until the marker or an operand of it is
 decoded, so decoding the step's tokens in parallel mixes orders: parallel decoding is hard. Threshold decoding at 0.9
-must wait, one step at a time, because even a kept habit has probability 0.8 < 0.9. But the teacher's own greedy
-trajectories always keep the habit (0.8 is the argmax), so they are predictable: that is what a CDLM student distilled
+must wait, one step at a time, because even a kept habit has probability 0.7 < 0.9. But the teacher's own greedy
+trajectories always keep the habit (0.7 is the argmax), so they are predictable: that is what a CDLM student distilled
 from them can learn to commit in one step, the way an LLM's greedy phrasing is more regular than its training text. The
 marker compares the step's own two operands, so it is a local read once they are decoded (a marker that said which
 operand of the problem came first needed a lookup into the prompt, which the teachers often got wrong: EXPERIMENTS.md).
@@ -43,7 +43,8 @@ CORPORA = {  # name: (digits of a math operand, the code family's largest value,
     'full': ((2, 4), 20, {'math': 20000, 'code': 12000}),  # the code family has about 14800 distinct programs
     'small': ((2, 2), 9, {'math': 6000, 'code': 4000}),  # the workshop's: two columns, values 0..9 (5900 programs)
 }
-HABIT = 0.8  # probability that a step keeps the previous step's operand order
+HABIT = 0.7  # probability that a step keeps the previous step's operand order (0.8 made parallel decoding too easy
+#             for some teachers: EXPERIMENTS.md, 2026-12-07)
 OPS = {'+': operator.add, '-': operator.sub, '*': operator.mul}  # the code family's operators
 PROGRAM = re.compile(r'a=\d;b=[abc\d][+*-][abc\d];c=[abc\d][+*-][abc\d];print\([bc]\)')  # a code prompt
 
