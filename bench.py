@@ -74,7 +74,7 @@ else:
     # the same-size autoregressive model: the teacher's shape, steps and batch size (trained, or finished, when needed)
     c = cdlm.load_checkpoint(path['teacher'], device, hint='python distill.py', kind='teacher')[1]['config']
     keys = ('corpus', 'prompt_len', 'gen_len', 'block_size', 'code_weight', 'n_layer', 'n_head', 'd_model',
-            'batch_size', 'max_iters', 'lr', 'bf16', 'seed')
+            'batch_size', 'max_iters', 'lr', 'optimizer', 'bf16', 'seed')
     cdlm.train_or_finish(path['ar'], os.path.join(here, 'train_teacher.py'),
                          ['--objective=ar', f'--out_dir={out_dir}', f'--ckpt_name={ar_ckpt}', f'--device={device}',
                           f'--threads={threads}']

@@ -39,11 +39,12 @@ n_head = 4  # attention heads
 d_model = 128  # width
 # optim
 batch_size = 32  # sequences per iteration (small batches learn more per example here)
-max_iters = 11000  # optimizer steps: the schedule is by steps, never by wall-clock
+max_iters = 5500  # optimizer steps: the schedule is by steps, never by wall-clock (AdamW needed 11000)
 lr = 1e-3  # peak AdamW learning rate
 min_lr = 1e-4  # floor of the cosine decay
 warmup_iters = 100  # linear warm-up steps
-weight_decay = 0.0  # AdamW weight decay
+weight_decay = 0.0  # decoupled weight decay
+optimizer = 'muon'  # 'muon': Muon on the blocks' matrices, AdamW on the rest (cdlm.make_optimizer); 'adamw'
 grad_clip = 1.0  # max gradient norm (0 = off)
 # system
 device = 'auto'  # 'auto', 'cpu', 'cuda', 'mps'
@@ -55,7 +56,7 @@ config = cdlm.configure(globals(), doc=__doc__, rules={  # --key=value overrides
     '>0': 'eval_problems prompt_len gen_len block_size code_weight n_layer n_head d_model batch_size max_iters lr',
     '>=0': 'eval_interval final_report min_lr warmup_iters weight_decay grad_clip threads seed',
     'scratch|resume': 'init_from', 'full|small': 'corpus', 'mdm|ar': 'objective', 'mean|elbo': 'loss_weight',
-    'folder': 'out_dir', 'name': 'ckpt_name', 'device': 'device'})
+    'muon|adamw': 'optimizer', 'folder': 'out_dir', 'name': 'ckpt_name', 'device': 'device'})
 # -----------------------------------------------------------------------------
 
 torch.manual_seed(seed)
@@ -83,14 +84,17 @@ if init_from == 'resume':
         cdlm.fail(f'{out_path} has model {ckpt["model_args"]}, the config asks for {model_args}')
     if ckpt['config']['corpus'] != corpus:
         cdlm.fail(f'{out_path} was trained on --corpus={ckpt["config"]["corpus"]}, not {corpus}')
+    if ckpt['config'].get('optimizer', 'adamw') != optimizer:
+        cdlm.fail(f'{out_path} was trained with --optimizer={ckpt["config"].get("optimizer", "adamw")}, '
+                  f'not {optimizer}')
     iter_num = ckpt['iter_num']
     print(f'resuming from {out_path} at iter {iter_num}')
 else:
     model = cdlm.Transformer(**model_args).to(device)
 print(f'model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters')
-optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
+opt = cdlm.make_optimizer(model, optimizer, lr, weight_decay)
 if init_from == 'resume' and ckpt['optimizer']:
-    optimizer.load_state_dict(ckpt['optimizer'])
+    opt.load_state_dict(ckpt['optimizer'])
 train_model = torch.compile(model) if compile else model
 gen = torch.Generator(device).manual_seed(seed + iter_num)  # batches and masks; offset so a resume draws new ones
 response = torch.arange(x_train.shape[1], device=device) >= prompt_len  # maskable positions: the response only
@@ -129,7 +133,7 @@ def evaluate():
 
 
 def save(iter_num, metrics):
-    cdlm.save_checkpoint(out_path, model, kind, config, iter_num, metrics, optimizer)
+    cdlm.save_checkpoint(out_path, model, kind, config, iter_num, metrics, opt)
     print(f'saved {out_path}')
 
 
@@ -142,7 +146,7 @@ def step(iter_num):
         x0[half:2 * half], t[half:2 * half] = x0[:half], (1 - t[:half]).clamp_min(1e-3)
     loss = loss_on(x0, t, paired)
     lr_now = cdlm.cosine_lr(iter_num, lr, min_lr, warmup_iters, max_iters)
-    cdlm.optimizer_step(model, optimizer, loss, lr_now, grad_clip)
+    cdlm.optimizer_step(model, opt, loss, lr_now, grad_clip)
     return dict(loss=loss, lr=lr_now)
 
 

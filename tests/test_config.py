@@ -156,6 +156,45 @@ def test_optimizer_step_sets_lr_clips_and_updates(tiny_model):
     assert 0 < step <= 0.5 + 1e-6, step
 
 
+def newton_schulz(g, steps=5, a=3.4445, b=-4.775, c=2.0315):
+    """Muon's orthogonalization, written out from Jordan et al. (2024): the quintic iteration on the normalized
+    matrix, the shorter side first, in bf16 as the reference runs it."""
+    x = (g / g.norm()).bfloat16()
+    x = x.T if g.shape[0] > g.shape[1] else x
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if g.shape[0] > g.shape[1] else x).float()
+
+
+def test_make_optimizer_muon_on_block_matrices_adamw_on_the_rest(tiny_model, tmp_path):
+    """'muon': every block matrix and nothing else under Muon. Its first step of a matrix matches the reference:
+    -lr * 0.2 * sqrt(max(A, B)) * newton_schulz(grad) (Moonshot's scale); AdamW's first is lr * sign(grad).
+    Every group takes optimizer_step's lr, and the state survives a checkpoint."""
+    opt = cdlm.make_optimizer(tiny_model, 'muon', lr=0.01)
+    adamw, muon = opt.optimizers
+    names = {id(p): n for n, p in tiny_model.named_parameters()}
+    in_muon = {names[id(p)] for g in muon.param_groups for p in g['params']}
+    assert in_muon == {n for n, p in tiny_model.named_parameters() if n.startswith('blocks.') and p.dim() == 2}
+    assert len(in_muon) + sum(len(g['params']) for g in adamw.param_groups) == len(names)
+    w, e = tiny_model.blocks[0].qkv.weight, tiny_model.wte.weight
+    before = {p: p.detach().clone() for p in (w, e)}
+    torch.manual_seed(0)  # gradients made by hand: w's well conditioned (singular values 0.5 to 1), so bf16 agrees
+    grads = {p: torch.randn_like(p) for p in tiny_model.parameters()}
+    u, _, v = torch.linalg.svd(grads[w], full_matrices=False)
+    grads[w] = u @ torch.diag(torch.linspace(1, 0.5, len(v))) @ v
+    cdlm.optimizer_step(tiny_model, opt, sum((p * g).sum() for p, g in grads.items()), 0.02, 0)
+    assert all(g['lr'] == 0.02 for g in opt.param_groups)
+    want = -0.02 * 0.2 * max(w.shape) ** 0.5 * newton_schulz(grads[w])
+    assert (w.detach() - before[w] - want).abs().max() < 0.1 * want.abs().max()  # bf16 rounding apart
+    assert torch.allclose(e.detach() - before[e], -0.02 * grads[e].sign(), atol=1e-4)
+    cdlm.save_checkpoint(str(tmp_path / 'm.pt'), tiny_model, 'teacher', {'block_size': 4}, 1, {}, opt)
+    again = cdlm.make_optimizer(tiny_model, 'muon', lr=0.01)
+    again.load_state_dict(torch.load(tmp_path / 'm.pt', weights_only=True)['optimizer'])
+    assert torch.equal(again.optimizers[1].state[w]['momentum_buffer'], muon.state[w]['momentum_buffer'])
+    assert isinstance(cdlm.make_optimizer(tiny_model, 'adamw', lr=0.01), torch.optim.AdamW)
+
+
 def test_train_or_finish_trains_resumes_or_leaves_alone(tmp_path, capsys):
     """A stand-in script records its arguments: it runs for a missing checkpoint, runs with --init_from=resume for one
     that stopped short of its max_iters, does not run for a finished one, and a failing run stops with one line."""
