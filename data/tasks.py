@@ -8,8 +8,10 @@ The toy corpus: two task families with exactly checkable answers, in the roles G
 Every response is one phrasing out of a small set of valid ones: inside each chain-of-thought step the operands of a
 commutative pair come in either order, and a marker opening the step says which (`>` the larger first, `<` the smaller
 first; both fit equal operands, except code's `-`, always `>`). All phrasings of a problem have the same length, so a
-model learns them easily. The orders are drawn like a writer's habit: the first step's is a coin flip, and each later
-step keeps the order of the step before it with probability HABIT (0.7), so no order is ever certain.
+model learns them easily. The orders are drawn like a writer's habit: each step keeps the order of the step before it
+with probability HABIT (0.7), so no order is ever certain. Math's first order is a coin flip; code's starts the habit
+at larger-first, so its first marker is `>` with probability HABIT (a coin flip there left the student an arbitrary
+choice to commit in the first block, and it saved under 1.5x of the teacher's passes on code: EXPERIMENTS.md).
 
 Why this shape. A bidirectional model cannot know which order a step uses until the marker or an operand of it is
 decoded, so decoding the step's tokens in parallel mixes orders: parallel decoding is hard. Threshold decoding at 0.9
@@ -201,10 +203,11 @@ def check(prompt, response):
 
 
 def render(prompt, rng):
-    """One phrasing, its orders drawn as a habit: a coin flip for the first step, then each step keeps the order of
-    the one before with probability HABIT. A step with one valid order (code's `-`) takes it, and that sets the habit."""
+    """One phrasing, its orders drawn as a habit: each step keeps the order of the one before with probability HABIT,
+    from a coin flip before math's first step and from larger-first before code's (`sep` is `;` only for code). A
+    step with one valid order (code's `-`) takes it, and that sets the habit."""
     steps, answer, sep = solve(prompt)
-    order, text = rng.randint(0, 1), []
+    order, text = 0 if sep else rng.randint(0, 1), []
     for step in steps:
         order = min(len(step) - 1, order if rng.random() < HABIT else 1 - order)
         text.append(step[order])

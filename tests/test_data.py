@@ -67,7 +67,8 @@ def test_render_draws_every_phrasing():
 
 
 def test_render_orders_follow_the_habit():
-    """The first step's order is a fair coin; each later step keeps the previous order with probability HABIT."""
+    """Math's first order is a fair coin, code's starts the habit at larger-first (so its first marker is `>` with
+    probability HABIT); each later step keeps the previous order with probability HABIT."""
     rng, n = random.Random(0), 4000
     markers = [[r[9 * i] for i in range(4)] for r in (tasks.render('1234+5678=', rng) for _ in range(n))]
     first = sum(m[0] == '>' for m in markers) / n
@@ -77,6 +78,8 @@ def test_render_orders_follow_the_habit():
     codes = [tasks.render('a=9;b=a-2;c=b+3;print(c)', rng) for _ in range(1000)]
     assert all(r[0] == '>' for r in codes)
     assert abs(sum(r[10] == '>' for r in codes) / 1000 - tasks.HABIT) < 0.04
+    codes = [tasks.render('a=3;b=a+4;c=b*2;print(c)', rng) for _ in range(n)]
+    assert abs(sum(r[0] == '>' for r in codes) / n - tasks.HABIT) < 0.03
 
 
 def test_normalize_puts_typed_math_in_columns():
