@@ -146,7 +146,7 @@ if init_from == 'resume':
     print(f'resuming the student from {student_path} at iter {iter_num}')
 else:
     student, _ = cdlm.load_checkpoint(teacher_path, device)
-optimizer = torch.optim.AdamW(student.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+optimizer = cdlm.make_optimizer(student, 'adamw', lr)
 if init_from == 'resume' and student_meta['optimizer']:
     optimizer.load_state_dict(student_meta['optimizer'])
 _, val_problems = cdlm.load_split('val', prompt_len, gen_len, corpus)

@@ -40,7 +40,7 @@ d_model = 128  # width
 # optim
 batch_size = 32  # sequences per iteration (small batches learn more per example here)
 max_iters = 5500  # optimizer steps: the schedule is by steps, never by wall-clock (AdamW needed 11000)
-lr = 1e-3  # peak AdamW learning rate
+lr = 1e-3  # peak learning rate (Muon's steps are scaled to AdamW's size, so one lr serves both)
 min_lr = 1e-4  # floor of the cosine decay
 warmup_iters = 100  # linear warm-up steps
 weight_decay = 0.0  # decoupled weight decay
@@ -84,9 +84,8 @@ if init_from == 'resume':
         cdlm.fail(f'{out_path} has model {ckpt["model_args"]}, the config asks for {model_args}')
     if ckpt['config']['corpus'] != corpus:
         cdlm.fail(f'{out_path} was trained on --corpus={ckpt["config"]["corpus"]}, not {corpus}')
-    if ckpt['config'].get('optimizer', 'adamw') != optimizer:
-        cdlm.fail(f'{out_path} was trained with --optimizer={ckpt["config"].get("optimizer", "adamw")}, '
-                  f'not {optimizer}')
+    if (trained_with := ckpt['config'].get('optimizer', 'adamw')) != optimizer:  # AdamW before --optimizer existed
+        cdlm.fail(f'{out_path} was trained with --optimizer={trained_with}, not {optimizer}')
     iter_num = ckpt['iter_num']
     print(f'resuming from {out_path} at iter {iter_num}')
 else:
